@@ -1,0 +1,200 @@
+"""What every benchmark provides, and the registry that finds them by name.
+
+Each benchmark lives in its own file (``benchmarks/<name>.py``) and registers one
+:class:`Benchmark`. Adding a benchmark is adding one file and one import line in
+``benchmarks/__init__.py``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+Group = Literal["discrete", "sentiment", "openset"]
+
+
+@dataclass(frozen=True)
+class Label:
+    """A sample's ground truth. ``emo``: class word; ``val``: score; ``openset``: word list."""
+
+    emo: str | None = None
+    val: float | None = None
+    openset: tuple[str, ...] | None = None
+
+    def to_json(self) -> dict:
+        return {"emo": self.emo, "val": self.val, "openset": list(self.openset) if self.openset is not None else None}
+
+
+@dataclass
+class RawItem:
+    """One annotated item as found on disk, before any decoding.
+
+    Args:
+        name: the sample name in the label file.
+        split: split name (``train``, ``test1`` ...).
+        label: parsed label, or None when ``reject`` says why not.
+        reject: reason the item cannot be used (the builder records it in the manifest), else None.
+        video: video file, or None when missing (then ``reject`` usually says so).
+        audio: separate audio file (16 kHz wav of the processed layout), or None to take audio from the video.
+        subtitle: transcript text ('' when none).
+        segment: (start, end) seconds to cut from ``video`` (IEMOCAP official dialog videos), else None.
+        crop: 'left' / 'right' half of the frame to keep (IEMOCAP's speaking actor), else None.
+    """
+
+    name: str
+    split: str
+    label: "Label | None"
+    reject: str | None = None
+    video: Path | None = None
+    audio: Path | None = None
+    subtitle: str = ""
+    segment: tuple[float, float] | None = None
+    crop: Literal["left", "right"] | None = None
+
+
+class LabelError(ValueError):
+    """A label entry that cannot be turned into a :class:`Label` (unknown class, NaN score...)."""
+
+
+@dataclass
+class Benchmark:
+    """One benchmark: its name, group, label vocabulary, label files and prompt/target templates.
+
+    Args:
+        name: registry key (``mer2023``).
+        group: scoring family from EVALUATION.md.
+        process_dir: folder name of the MER-UniBench processed layout (``mer2023-dataset-process``).
+        classes: closed-set answer words (discrete group), or the sentiment words.
+        test_split: the split scored by MER-UniBench.
+        train_splits: splits used for training.
+        load_labels: ``(process_root, split) -> LabelTable`` for the processed layout.
+        question: the user question of the prompt.
+        target: ``Label -> answer string`` (the assistant turn).
+        synthetic: True only for generated benchmarks (``affectdyn``).
+        scanners: per on-disk layout, a function listing every annotated item of a split.
+    """
+
+    name: str
+    group: Group
+    process_dir: str
+    classes: tuple[str, ...]
+    test_split: str
+    train_splits: tuple[str, ...]
+    load_labels: Callable[[Path, str], "LabelTable"]
+    question: str
+    target: Callable[[Label], str]
+    synthetic: bool = False
+    # layout name ("unibench", "official") -> (root, split) -> every annotated item of that split
+    scanners: dict[str, Callable[[Path, str], list[RawItem]]] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+REGISTRY: dict[str, Benchmark] = {}
+
+
+def register(bench: Benchmark) -> Benchmark:
+    if bench.name in REGISTRY:
+        raise ValueError(f"benchmark {bench.name!r} registered twice")
+    REGISTRY[bench.name] = bench
+    return bench
+
+
+def get_benchmark(name: str) -> Benchmark:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+DISCRETE_QUESTION = "What is the emotional state of the character in this clip? Answer with one emotion word."
+SENTIMENT_QUESTION = "What is the sentiment of the speaker in this clip: positive, negative or neutral?"
+OPENSET_QUESTION = "Describe the emotional state of the character in this clip with a list of emotion words."
+SENTIMENT_CLASSES = ("positive", "negative", "neutral")
+
+
+def emotion_target(label: Label) -> str:
+    """The sentence a discrete or open-set answer is trained to be (parsed back deterministically)."""
+    words = list(label.openset) if label.openset is not None else [label.emo]
+    return f"The character's emotional state is {', '.join(words)}."
+
+
+def sentiment_word(score: float) -> str:
+    return "positive" if score > 0 else "negative" if score < 0 else "neutral"
+
+
+def sentiment_target(label: Label) -> str:
+    """Sentiment answer: the polarity word derived from the score (the score stays in the metadata)."""
+    return f"The sentiment is {sentiment_word(label.val)}."
+
+
+def checked_score(value: object, name: str) -> float:
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        raise LabelError(f"{name}: score {value!r} is not a number") from None
+    if math.isnan(score) or math.isinf(score):
+        raise LabelError(f"{name}: score is {score}")
+    return score
+
+
+def class_from_index(classes: tuple[str, ...], value: object, name: str) -> str:
+    if isinstance(value, str):
+        if value not in classes:
+            raise LabelError(f"{name}: unknown label {value!r}")
+        return value
+    try:
+        idx = int(value)
+    except (TypeError, ValueError):
+        raise LabelError(f"{name}: label {value!r} is neither a class nor an index") from None
+    if not 0 <= idx < len(classes):
+        raise LabelError(f"{name}: class index {idx} outside 0..{len(classes) - 1}")
+    return classes[idx]
+
+
+@dataclass
+class LabelTable:
+    """Labels of one split: the usable ones, and every entry that was not usable with its reason."""
+
+    labels: dict[str, Label]
+    rejected: dict[str, str]
+
+
+def npz_labels(
+    label_file: str,
+    corpus: Callable[[str], tuple[str, Callable[[str], bool]]],
+    to_label: Callable[[dict, str], Label],
+) -> Callable[[Path, str], LabelTable]:
+    """Loader for MER-UniBench's ``.npz`` label files (pickled dicts, read with the restricted unpickler).
+
+    Args:
+        label_file: file name inside the ``<dataset>-process`` folder.
+        corpus: split -> (npz member, name filter); e.g. IEMOCAP's test is Session 5 of ``whole_corpus``.
+        to_label: one raw entry ``{'emo':..., 'val':...}`` -> Label (raises LabelError).
+    """
+    from affectverse_ds.safe_pickle import load_npz
+
+    def load(process_root: Path, split: str) -> LabelTable:
+        member, keep = corpus(split)
+        path = Path(process_root) / label_file
+        archive = load_npz(path)
+        if member not in archive:
+            raise KeyError(f"{path}: no {member!r} (has {', '.join(sorted(archive))})")
+        table = LabelTable({}, {})
+        for name, entry in archive[member].items():
+            name = str(name)
+            if not keep(name):
+                continue
+            try:
+                table.labels[name] = to_label(entry, name)
+            except LabelError as err:
+                table.rejected[name] = str(err)
+        return table
+
+    return load
+
+
+def plain_corpus(split: str) -> tuple[str, Callable[[str], bool]]:
+    return f"{split}_corpus", lambda _name: True

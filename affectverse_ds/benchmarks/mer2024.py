@@ -1,0 +1,19 @@
+"""MER2024: the MER2023 classes on a larger set; labels are not public (users bring their own file)."""
+from affectverse_ds.benchmarks.base import (
+    DISCRETE_QUESTION, Benchmark, Label, checked_score, class_from_index, emotion_target, npz_labels, plain_corpus, register,
+)
+from affectverse_ds.benchmarks.mer2023 import CLASSES
+
+
+def _label(entry: dict, name: str) -> Label:
+    emo = class_from_index(CLASSES, entry["emo"], name)
+    val = entry.get("val")
+    return Label(emo=emo, val=checked_score(val, name) if val is not None else None)
+
+
+BENCHMARK = register(Benchmark(
+    name="mer2024", group="discrete", process_dir="mer2024-dataset-process", classes=CLASSES,
+    test_split="test1", train_splits=("train",),
+    load_labels=npz_labels("label-6way.npz", plain_corpus, _label),
+    question=DISCRETE_QUESTION, target=emotion_target,
+))
