@@ -1,0 +1,32 @@
+# Quick start: `make demo` (the whole system on the embedded default), `make test` (the test suite).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-all venv clean
+
+# torch first: `torch==2.13.0` takes the local CPU build, so the range in requirements.txt pulls nothing more.
+# torchvision is never installed (its wheel breaks against the CPU torch and then `import peft` fails).
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q torch==2.13.0
+	$(VPY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(VPY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	OMP_NUM_THREADS=1 $(VPY) -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
+	OMP_NUM_THREADS=1 $(VPY) -m pytest -q
+
+demo: $(STAMP)
+	$(VPY) -m affectverse_ds.demo
+
+clean:
+	rm -rf artifacts runs results
