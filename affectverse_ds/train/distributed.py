@@ -1,0 +1,114 @@
+"""The only module that reads launcher environment variables or touches torch.distributed.
+
+Understands the DeepSpeed launcher and torchrun (RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT) and SLURM's srun (SLURM_PROCID, SLURM_NTASKS,
+SLURM_LOCALID, the first host of SLURM_JOB_NODELIST).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+    source: str  # "deepspeed/torchrun", "slurm" or "single"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """First host of a SLURM nodelist: ``gpu[03-05,07],cpu1`` -> ``gpu03``; ``node1,node2`` -> ``node1``."""
+    match = re.match(r"^([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not match:
+        raise ValueError(f"cannot parse SLURM_JOB_NODELIST {nodelist!r}")
+    prefix, ranges = match.group(1), match.group(2)
+    if ranges is None:
+        return prefix
+    first = ranges.split(",")[0].split("-")[0]
+    return prefix + first
+
+
+def dist_info_from_env(env: dict[str, str] | None = None) -> DistInfo:
+    """Rank, world size and rendezvous address from whichever launcher started this process."""
+    env = dict(os.environ if env is None else env)
+    port = int(env.get("MASTER_PORT", "29500"))
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")),
+                        env.get("MASTER_ADDR", "127.0.0.1"), port, "deepspeed/torchrun")
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        addr = env.get("MASTER_ADDR") or first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1"))
+        return DistInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0")),
+                        addr, port, "slurm")
+    return DistInfo(0, 1, 0, "127.0.0.1", port, "single")
+
+
+def pick_device(info: DistInfo) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(info.local_rank)
+        return torch.device("cuda", info.local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(info: DistInfo) -> None:
+    """Start the process group (NCCL on CUDA, gloo on CPU) through DeepSpeed."""
+    import deepspeed
+
+    # DeepSpeed reads the standard variables; export them when SLURM started us.
+    for key, value in (("RANK", info.rank), ("WORLD_SIZE", info.world_size), ("LOCAL_RANK", info.local_rank),
+                       ("MASTER_ADDR", info.master_addr), ("MASTER_PORT", info.master_port)):
+        os.environ.setdefault(key, str(value))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+
+def is_initialized() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def barrier() -> None:
+    if is_initialized():
+        torch.distributed.barrier()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` in rank order (a one-element list when not distributed)."""
+    if not is_initialized():
+        return [obj]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    if not is_initialized():
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_reduce_max(value: float) -> float:
+    if not is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t.item())
+
+
+def print0(*args: Any, info: DistInfo | None = None, **kwargs: Any) -> None:
+    """print on rank 0 only."""
+    rank = info.rank if info is not None else (torch.distributed.get_rank() if is_initialized() else 0)
+    if rank == 0:
+        print(*args, **kwargs, flush=True)

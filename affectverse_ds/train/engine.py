@@ -1,0 +1,70 @@
+"""The DeepSpeed seam: the engine policy JSON, batch sizes from the config, and ``deepspeed.initialize``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from affectverse_ds.config import AffectVerseConfig, ConfigError, check_world
+from affectverse_ds.train.optim import build_scheduler, param_groups
+
+
+def _find_auto(node: Any, path: str = "") -> str | None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            hit = _find_auto(v, f"{path}.{k}" if path else k)
+            if hit:
+                return hit
+    elif node == "auto":
+        return path
+    return None
+
+
+def load_ds_config(path: str | Path) -> dict:
+    """Read an engine-policy JSON; refuse ``"auto"`` (plain deepspeed.initialize drops it and bf16 falls off)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--ds: DeepSpeed config not found: {path}")
+    ds = json.loads(path.read_text())
+    ds.pop("_comment", None)
+    hit = _find_auto(ds)
+    if hit:
+        raise ConfigError(f"{path}: {hit} is \"auto\"; write an explicit value (auto is silently dropped)")
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer"):
+        if key in ds:
+            raise ConfigError(f"{path}: {key} belongs in the AffectVerse config (train.*), not the engine policy")
+    return ds
+
+
+def fill_ds_config(ds: dict, cfg: AffectVerseConfig, world_size: int) -> dict:
+    """Batch sizes, precision, optimizer and clipping from the AffectVerse config (checked against the world)."""
+    t = cfg.train
+    ds = json.loads(json.dumps(ds))
+    ds["train_micro_batch_size_per_gpu"] = t.micro_batch
+    ds["gradient_accumulation_steps"] = t.grad_accum
+    ds["train_batch_size"] = check_world(t, world_size)
+    assert ds["train_batch_size"] == t.micro_batch * t.grad_accum * world_size
+    ds.setdefault("bf16", {})["enabled"] = t.precision == "bf16"
+    ds["gradient_clipping"] = t.grad_clip
+    # torch's AdamW inside DeepSpeed: no JIT build of the fused CPU/GPU Adam on first use
+    ds["optimizer"] = {"type": "AdamW", "params": {
+        "lr": t.lr, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": t.weight_decay, "torch_adam": True,
+    }}
+    return ds
+
+
+def build_engine(model: torch.nn.Module, trainable: list[tuple[str, torch.nn.Parameter]], cfg: AffectVerseConfig,
+                 ds_path: str | Path, world_size: int, total_steps: int):
+    """``deepspeed.initialize`` over the trainable parameters; returns (engine, optimizer, scheduler, ds_config)."""
+    import deepspeed
+
+    ds = fill_ds_config(load_ds_config(ds_path), cfg, world_size)
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model,
+        model_parameters=param_groups(trainable, cfg.train.weight_decay),
+        lr_scheduler=build_scheduler(total_steps, cfg.train.warmup_ratio),
+        config=ds,
+    )
+    return engine, optimizer, scheduler, ds

@@ -1,0 +1,241 @@
+"""The training loop: short and linear (``out = engine(batch); engine.backward(out.loss); engine.step()``).
+
+DeepSpeed already divides the loss by the gradient-accumulation steps; nothing
+here divides again. Every rank runs the same number of micro-batches per epoch
+(the loader's ``with_epoch``), so ZeRO-2's collective calls always pair up.
+"""
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from affectverse_ds.config import AffectVerseConfig, dump_config, to_dict
+from affectverse_ds.data.batch import AUDIO_TOKEN_ID, VIDEO_TOKEN_ID, to_device
+from affectverse_ds.train import checkpoint as ckpt
+from affectverse_ds.train import distributed as dist
+from affectverse_ds.train.logging import FlopCounter, MetricsLogger, device_peak_tflops, peak_memory_gb
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    losses: list[float] = field(default_factory=list)  # mean loss per optimizer step (over ranks and micro-batches)
+    stopped_by_signal: bool = False
+    last_checkpoint: Path | None = None
+
+
+class _StopFlag:
+    """SIGTERM / SIGUSR1 (SLURM pre-emption) ask for a save at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum, _frame) -> None:
+        self.requested = True
+
+
+def _token_counts(batch) -> dict[str, int]:
+    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+    video = int(((ids == VIDEO_TOKEN_ID) & mask).sum())
+    audio = int(((ids == AUDIO_TOKEN_ID) & mask).sum())
+    total = int(mask.sum())
+    patches = int(batch["pixel_values_videos"].shape[0]) if "pixel_values_videos" in batch else 0
+    mel = int(batch["feature_attention_mask"].sum()) if "feature_attention_mask" in batch else 0
+    return {"tokens": total, "video": video, "audio": audio, "text": total - video - audio,
+            "patches": patches, "mel": mel}
+
+
+class Trainer:
+    """Owns the engine, the loader and the bookkeeping of one run."""
+
+    def __init__(self, cfg: AffectVerseConfig, ds_path: str | Path, resume: str | None = None) -> None:
+        from affectverse_ds.data.loader import build_train_loader, train_steps_per_epoch
+        from affectverse_ds.model.affect_model import build_model
+        from affectverse_ds.model.backbone import load_tokenizer
+        from affectverse_ds.train.engine import build_engine
+
+        self.cfg = cfg
+        self.info = dist.dist_info_from_env()
+        dist.init_distributed(self.info)
+        self.device = dist.pick_device(self.info)
+        self.out_dir = Path(cfg.train.out_dir)
+        torch.manual_seed(cfg.train.seed)  # identical EWM initialisation on every rank
+        self.tokenizer = load_tokenizer(cfg.backbone.path)
+        self.model = build_model(cfg, self.device)
+        self.build_loader = build_train_loader
+        self.steps_per_epoch = train_steps_per_epoch(cfg, self.info.world_size)
+        total = cfg.train.max_steps if cfg.train.max_steps > 0 else self.steps_per_epoch * cfg.train.epochs
+        self.total_steps = total
+        trainable = list(self.model.trainable_parameters())
+        self.engine, _, self.scheduler, self.ds_config = build_engine(
+            self.model, trainable, cfg, ds_path, self.info.world_size, total)
+        # model randomness (kappa, modality dropout) draws from its own generator, per rank, saved in checkpoints
+        self.generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + self.info.rank)
+        self.flops = FlopCounter.from_model(self.model.thinker, sum(p.numel() for _, p in trainable))
+        self.peak = device_peak_tflops(self.device)
+        self.position = {"step": 0, "epoch": 0, "micro_in_epoch": 0}
+        if resume:
+            self._resume(resume)
+        if self.info.is_main:
+            dump_config(cfg, self.out_dir / "config.yaml")
+            (self.out_dir / "ds_config.json").write_text(__import__("json").dumps(self.ds_config, indent=2))
+
+    # ------------------------------------------------------------------ resume / save
+
+    def _resume(self, resume: str) -> None:
+        path = ckpt.latest_checkpoint(self.out_dir / "checkpoints") if resume == "auto" else Path(resume)
+        if path is None:
+            dist.print0("resume auto: no complete checkpoint yet, starting fresh", info=self.info)
+            return
+        state = ckpt.load_checkpoint(self.engine, path, self.info)
+        self.position = {k: state[k] for k in ("step", "epoch", "micro_in_epoch")}
+        gen_state = state.get("generators", {}).get(str(self.info.rank))
+        if gen_state is not None:
+            self.generator.set_state(gen_state)
+        dist.print0(f"resumed from {path} at step {self.position['step']}", info=self.info)
+
+    def _save(self) -> Path:
+        gens = dist.all_gather_object(self.generator.get_state())
+        state = {**self.position, "config": to_dict(self.cfg),
+                 "generators": {str(r): g for r, g in enumerate(gens)}}
+        return ckpt.save_checkpoint(self.engine, self.model, self.cfg, self.position["step"], state, self.info)
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> TrainResult:
+        cfg, info = self.cfg, self.info
+        stop = _StopFlag()
+        result = TrainResult(steps=self.position["step"])
+        logger = MetricsLogger(self.out_dir, enabled=info.is_main)
+        bar = self._progress_bar()
+        acc = _StepAccumulator()
+        done = self.position["step"] >= self.total_steps
+        while not done:
+            loader = self.build_loader(cfg, self.tokenizer, info.rank, info.world_size, self.position["epoch"])
+            skip = self.position["micro_in_epoch"]
+            micro = -1
+            for micro, batch in enumerate(loader):
+                if micro < skip:
+                    continue  # exactly the batches an uninterrupted run already consumed
+                self._micro_step(batch, acc)
+                self.position["micro_in_epoch"] = micro + 1
+                if acc.micro < cfg.train.grad_accum:
+                    continue  # DeepSpeed stepped the optimizer only at the accumulation boundary
+                self.position["step"] += 1
+                scalars = acc.finish(self)
+                result.losses.append(scalars["loss/total"])
+                self._report(scalars, logger, bar)
+                done = self._after_step(stop, result)
+                if done:
+                    break
+            else:
+                if micro < 0:
+                    raise RuntimeError(f"the train loader yielded no batch in epoch {self.position['epoch']}")
+                self.position["epoch"] += 1
+                self.position["micro_in_epoch"] = 0
+                done = cfg.train.max_steps <= 0 and self.position["epoch"] >= cfg.train.epochs
+        result.steps = self.position["step"]
+        logger.close()
+        if bar is not None:
+            bar.close()
+        return result
+
+    def _micro_step(self, batch, acc: "_StepAccumulator") -> None:
+        meta_free = to_device({k: v for k, v in batch.items() if k != "meta"}, self.device)
+        t0 = time.perf_counter()
+        out = self.engine(meta_free, generator=self.generator)
+        self.engine.backward(out.loss)
+        self.engine.step()
+        acc.add(out, _token_counts(batch), time.perf_counter() - t0)
+
+    def _after_step(self, stop: _StopFlag, result: TrainResult) -> bool:
+        """Checkpointing and the stop conditions at an optimizer-step boundary; True ends the run."""
+        step = self.position["step"]
+        stop_now = dist.all_reduce_max(1.0 if stop.requested else 0.0) > 0  # every rank stops at the same step
+        if stop_now or step % self.cfg.train.save_every == 0 or step >= self.total_steps:
+            result.last_checkpoint = self._save()
+        if stop_now:
+            result.stopped_by_signal = True
+            dist.print0(f"stop requested: saved {result.last_checkpoint}, exiting", info=self.info)
+        return stop_now or step >= self.total_steps
+
+    def _progress_bar(self):
+        if not self.info.is_main:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.total_steps, initial=self.position["step"], desc="train", unit="step",
+                    dynamic_ncols=True)
+
+    def _report(self, scalars: dict[str, float], logger: MetricsLogger, bar) -> None:
+        step = self.position["step"]
+        if step % self.cfg.train.log_every == 0 or step == self.total_steps:
+            logger.log(step, scalars)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{scalars['loss/total']:.4f}", lr=f"{scalars['lr']:.2e}")
+
+
+class _StepAccumulator:
+    """Sums one optimizer step's micro-batches, then reduces over ranks into the logged scalars."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.micro = 0
+        self.sums: dict[str, float] = {}
+        self.tokens = {"tokens": 0, "video": 0, "audio": 0, "text": 0, "patches": 0, "mel": 0}
+        self.samples = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, out, counts: dict[str, int], _seconds: float) -> None:
+        self.micro += 1
+        values = {"loss/total": out.loss, "loss/lm": out.lm_loss, "loss/imagine": out.img_loss, **out.metrics}
+        for k, v in values.items():
+            if v is not None:
+                self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        for k in self.tokens:
+            self.tokens[k] += counts[k]
+        self.samples += 1
+
+    def finish(self, trainer: Trainer) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.t0
+        keys = sorted(self.sums)
+        local = torch.tensor([self.sums[k] / self.micro for k in keys] + [float(self.tokens[k]) for k in self.tokens],
+                             dtype=torch.float64)
+        if dist.is_initialized():
+            torch.distributed.all_reduce(local)
+        world = trainer.info.world_size
+        means = {k: float(local[i]) / world for i, k in enumerate(keys)}
+        tok = {k: float(local[len(keys) + i]) for i, k in enumerate(self.tokens)}
+        samples = self.samples * trainer.cfg.train.micro_batch * world
+        flops = trainer.flops.step_flops(int(tok["tokens"]), int(tok["mel"]), int(tok["patches"]))
+        scalars = {
+            **means,
+            "lr": trainer.scheduler.get_last_lr()[0],
+            "grad_norm": _grad_norm(trainer.engine),
+            "step_time_s": elapsed,
+            "samples_per_s": samples / elapsed,
+            "tokens_per_s/text": tok["text"] / elapsed,
+            "tokens_per_s/audio": tok["audio"] / elapsed,
+            "tokens_per_s/video": tok["video"] / elapsed,
+            "tflops_per_device": flops / elapsed / world / 1e12,
+            "mfu": (flops / elapsed / world / 1e12 / trainer.peak) if trainer.peak else None,
+            "peak_memory_gb": peak_memory_gb(trainer.device),
+        }
+        self.reset()
+        return scalars
+
+
+def _grad_norm(engine) -> float | None:
+    norm = engine.get_global_grad_norm()
+    if norm is None:
+        return None
+    return float(norm.item() if isinstance(norm, torch.Tensor) else norm)

@@ -1,0 +1,41 @@
+"""Train AffectVerse (LoRA + EWM) with DeepSpeed.
+
+    deepspeed launch/train.py --ds ds_configs/zero2.json --config launch/configs/NAME.yaml [key=value ...]
+    torchrun --nproc_per_node N launch/train.py --ds ... --config ...
+    srun python launch/train.py --ds ... --config ...        (inside an sbatch allocation)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from affectverse_ds.config import ConfigError, load_config
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ds", required=True, help="DeepSpeed engine-policy JSON (ds_configs/zero2.json)")
+    parser.add_argument("--config", required=True, help="AffectVerse YAML config (launch/configs/*.yaml)")
+    parser.add_argument("--resume", default=None, help="'auto' (latest complete checkpoint) or a checkpoint folder")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        from affectverse_ds.train.loop import Trainer
+
+        result = Trainer(cfg, args.ds, resume=args.resume).train()
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if result.stopped_by_signal:
+        print(f"stopped by signal at step {result.steps}; resume with --resume auto", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
