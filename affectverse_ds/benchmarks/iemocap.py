@@ -1,9 +1,46 @@
 """IEMOCAP 4-way (excited merged into happy). Sessions 1-4 train, Session 5 test (name[4] is the session)."""
+import logging
+import re
+from pathlib import Path
+
 from affectverse_ds.benchmarks.base import (
-    DISCRETE_QUESTION, Benchmark, Label, class_from_index, emotion_target, npz_labels, register,
+    DISCRETE_QUESTION, Benchmark, Label, RawItem, class_from_index, emotion_target, npz_labels, register,
+)
+from affectverse_ds.benchmarks.layouts import (
+    ProcessedLayout, entry_value, finish, index_media, mark_duplicates, missing_media, read_text, reject, shown,
+    unibench_scanner,
 )
 
+log = logging.getLogger(__name__)
+
 CLASSES = ("happy", "sad", "neutral", "anger")
+# `subvideo-tgt/` holds the utterance clips cut to the target speaker, as .avi.
+LAYOUT = ProcessedLayout(video_dirs=("subvideo-tgt",), audio_dirs=("subaudio", "audio"), video_exts=(".avi", ".mp4"))
+
+SESSIONS = {"train": (1, 2, 3, 4), "test": (5,)}
+# EmoEvaluation category -> 4-way class. Excited is merged into happy, as in MER-UniBench's label_4way.npz
+# (hap+exc+sad+neu+ang over the five sessions is exactly its 5531 entries).
+FOUR_WAY = {"hap": "happy", "exc": "happy", "sad": "sad", "neu": "neutral", "ang": "anger"}
+OTHER_CATEGORIES = {
+    "fru": "frustrated", "sur": "surprised", "fea": "fearful", "dis": "disgusted", "oth": "other",
+    "xxx": "annotators did not agree",
+}
+
+# Which half of the dialog video shows the actor wearing the motion-capture markers, per session.
+# Why a property of the marker wearer and not of gender: the release README says only one actor per
+# recording wears markers, and the dialog id's letter names that actor (Ses01F_*: the female). The
+# markers can only be tracked inside the capture area, so the wearer presumably always takes the same
+# seat in front of the same camera, and F and M swap seats between Ses0xF and Ses0xM recordings. One
+# public IEMOCAP preprocessing script crops the same way (left 360 of 720 px for the wearer, right
+# half for the other actor). This is NOT checked against the videos (they are licensed and not here):
+# if a session turns out to be mirrored, correct its entry.
+MARKER_WEARER_SIDE = {1: "left", 2: "left", 3: "left", 4: "left", 5: "left"}
+
+_UTTERANCE_ID = re.compile(r"^Ses(\d\d)([FM])_\S+_([FM])\d+$")
+# `[6.2901 - 8.2357]\tSes01F_impro01_F000\tneu\t[2.5000, 2.5000, 2.5000]`
+_EVAL_LINE = re.compile(r"^\[\s*(\S+)\s*-\s*(\S+)\s*\]\s+(\S+)\s+(\S+)")
+# `Ses01F_impro01_F000 [006.2901-008.2357]: Excuse me.`
+_TRANSCRIPT_LINE = re.compile(r"^(\S+)\s+\[[^\]]*\]:\s?(.*)$")
 
 
 def _corpus(split: str):
@@ -15,7 +52,95 @@ def _corpus(split: str):
 
 
 def _label(entry: dict, name: str) -> Label:
-    return Label(emo=class_from_index(CLASSES, entry["emo"], name))
+    return Label(emo=class_from_index(CLASSES, entry_value(entry, "emo", name), name))
+
+
+def speaker_crop(utterance_id: str) -> str | None:
+    """'left' / 'right': the half of the dialog video showing the utterance's speaker; None for a malformed id."""
+    match = _UTTERANCE_ID.match(utterance_id)
+    if match is None:
+        return None
+    session, wearer, speaker = int(match[1]), match[2], match[3]
+    side = MARKER_WEARER_SIDE.get(session, "left")
+    return side if speaker == wearer else ("right" if side == "left" else "left")
+
+
+def four_way_label(category: str, name: str) -> tuple[Label | None, str | None]:
+    """EmoEvaluation category -> (Label, None), or (None, reason) for categories outside the 4 classes."""
+    if category in FOUR_WAY:
+        return Label(emo=FOUR_WAY[category]), None
+    if category in OTHER_CATEGORIES:
+        return None, f"{name}: category {category!r} ({OTHER_CATEGORIES[category]}) is outside the 4-way classes"
+    return None, f"{name}: unknown IEMOCAP category {category!r}"
+
+
+def read_transcription(path: Path) -> dict[str, str]:
+    """``utterance id -> text`` of one dialog's transcription file (lines without a time stamp are skipped)."""
+    if not path.is_file():
+        return {}
+    out: dict[str, str] = {}
+    for line in read_text(path).splitlines():
+        match = _TRANSCRIPT_LINE.match(line.strip())
+        if match:
+            out.setdefault(match[1], match[2].strip())
+    return out
+
+
+def _evaluation_items(
+    path: Path, split: str, video: Path | None, texts: dict[str, str], video_dir: str,
+) -> list[RawItem]:
+    """The summary lines (``[start - end]  id  cat  [V, A, D]``) of one EmoEvaluation file as items."""
+    items = []
+    for line in read_text(path).splitlines():
+        if not line.startswith("["):
+            continue  # annotator lines (C-E1:, A-E3: ...) and the % header
+        match = _EVAL_LINE.match(line)
+        if match is None:
+            log.warning("%s: unreadable evaluation line %r", path, line)
+            continue
+        start, end, name, category = match.groups()
+        label, reason = four_way_label(category, name)
+        item = RawItem(name=name, split=split, label=label, reject=reason, video=video,
+                       subtitle=texts.get(name, ""), crop=speaker_crop(name))
+        try:
+            item.segment = (float(start), float(end))
+        except ValueError:
+            reject(item, f"{name}: times {start!r} - {end!r} are not numbers")
+        if item.segment is not None and not item.segment[1] > item.segment[0]:
+            reject(item, f"{name}: empty segment [{start} - {end}]")
+        if item.crop is None:
+            reject(item, f"{name}: utterance id does not name session and speaker")
+        if video is None:
+            reject(item, missing_media(video_dir, path.stem, (".avi",)))
+        items.append(item)
+    return items
+
+
+def _session_root(root: Path) -> Path:
+    """The folder holding ``Session1..5``: ``root`` itself or the release's ``IEMOCAP_full_release/``."""
+    nested = root / "IEMOCAP_full_release"
+    return nested if not any(root.glob("Session[1-5]")) and nested.is_dir() else root
+
+
+def scan_official(root: Path, split: str) -> list[RawItem]:
+    """Every labelled turn of the split's sessions, cut from its dialog video by time, speaker half kept."""
+    if split not in SESSIONS:
+        raise KeyError(f"iemocap has splits train (Sessions 1-4) and test (Session 5), not {split!r}")
+    root = _session_root(Path(root))
+    dialogs = [d for s in SESSIONS[split] if (d := root / f"Session{s}" / "dialog").is_dir()]
+    if not dialogs:
+        raise FileNotFoundError(f"no Session{'/'.join(map(str, SESSIONS[split]))}/dialog under {root}")
+    items: list[RawItem] = []
+    for dialog_dir in dialogs:
+        videos = index_media(dialog_dir / "avi" / "DivX", (".avi",))
+        video_dir = shown(dialog_dir / "avi" / "DivX", root)
+        for path in sorted((dialog_dir / "EmoEvaluation").glob("*.txt")):
+            if path.name.startswith("._"):
+                continue  # macOS metadata files inside the release archive
+            texts = read_transcription(dialog_dir / "transcriptions" / path.name)
+            items += _evaluation_items(path, split, videos.get(path.stem), texts, video_dir)
+    mark_duplicates(items)
+    return finish(items)
 
 
 BENCHMARK = register(Benchmark(
@@ -24,3 +149,6 @@ BENCHMARK = register(Benchmark(
     load_labels=npz_labels("label_4way.npz", _corpus, _label),
     question=DISCRETE_QUESTION, target=emotion_target,
 ))
+BENCHMARK.extra["layout"] = LAYOUT
+BENCHMARK.scanners["unibench"] = unibench_scanner(BENCHMARK, LAYOUT)
+BENCHMARK.scanners["official"] = scan_official

@@ -2,11 +2,17 @@
 from affectverse_ds.benchmarks.base import (
     DISCRETE_QUESTION, Benchmark, Label, checked_score, class_from_index, emotion_target, npz_labels, plain_corpus, register,
 )
+from affectverse_ds.benchmarks.layouts import ProcessedLayout, entry_value, unibench_scanner
 from affectverse_ds.benchmarks.mer2023 import CLASSES
+
+# MER2024's transcript is `transcription_merge.csv`, which has a Chinese column and no English one.
+LAYOUT = ProcessedLayout(
+    video_dirs=("video",), audio_dirs=("audio",), transcript="transcription_merge.csv", text_column="chinese",
+)
 
 
 def _label(entry: dict, name: str) -> Label:
-    emo = class_from_index(CLASSES, entry["emo"], name)
+    emo = class_from_index(CLASSES, entry_value(entry, "emo", name), name)
     val = entry.get("val")
     return Label(emo=emo, val=checked_score(val, name) if val is not None else None)
 
@@ -17,3 +23,5 @@ BENCHMARK = register(Benchmark(
     load_labels=npz_labels("label-6way.npz", plain_corpus, _label),
     question=DISCRETE_QUESTION, target=emotion_target,
 ))
+BENCHMARK.extra["layout"] = LAYOUT
+BENCHMARK.scanners["unibench"] = unibench_scanner(BENCHMARK, LAYOUT)

@@ -1,10 +1,13 @@
 """OV-MERD+: open-vocabulary emotion word lists (``ovlabel.csv``: name,openset); test only, all 532 samples."""
-import csv
 from pathlib import Path
 
 from affectverse_ds.benchmarks.base import (
-    OPENSET_QUESTION, Benchmark, Label, LabelTable, emotion_target, register,
+    OPENSET_QUESTION, Benchmark, Label, LabelTable, RawItem, emotion_target, register,
 )
+from affectverse_ds.benchmarks.layouts import ProcessedLayout, mark_duplicates, read_csv_rows, unibench_scanner
+
+LABEL_FILE = "ovlabel.csv"
+LAYOUT = ProcessedLayout(video_dirs=("video",), audio_dirs=("audio",), transcript="subtitle_eng.csv", text_column="sentence")
 
 
 def parse_word_list(text: str) -> tuple[str, ...]:
@@ -13,18 +16,32 @@ def parse_word_list(text: str) -> tuple[str, ...]:
     return tuple(w.strip().strip("'\"").lower() for w in inner.split(",") if w.strip().strip("'\""))
 
 
-def load_ovlabels(process_root: Path, split: str) -> LabelTable:
+def label_items(process_root: Path, split: str) -> list[RawItem]:
+    """Every row of ``ovlabel.csv`` as an item in file order (a CSV can repeat a name; the scanner rejects repeats)."""
     if split != "test":
         raise KeyError(f"ovmerd is test-only, not {split!r}")
-    path = Path(process_root) / "ovlabel.csv"
+    path = Path(process_root) / LABEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"label file not found: {path}")
+    items = []
+    for row in read_csv_rows(path):
+        name = (row.get("name") or "").strip()
+        words = parse_word_list(row.get("openset") or "")
+        items.append(RawItem(name=name, split=split, label=Label(openset=words) if words else None,
+                             reject=None if words else f"{name}: empty open-set label"))
+    return items
+
+
+def load_ovlabels(process_root: Path, split: str) -> LabelTable:
+    """Labels as a LabelTable; a repeated name keeps its first row here (the scanner reports the repeat)."""
     table = LabelTable({}, {})
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            words = parse_word_list(row.get("openset") or "")
-            if words:
-                table.labels[row["name"]] = Label(openset=words)
-            else:
-                table.rejected[row["name"]] = "empty open-set label"
+    items = label_items(process_root, split)
+    mark_duplicates(items)
+    for item in items:
+        if item.reject is None:
+            table.labels[item.name] = item.label
+        elif item.name not in table.labels and item.name not in table.rejected:
+            table.rejected[item.name] = item.reject
     return table
 
 
@@ -33,3 +50,5 @@ BENCHMARK = register(Benchmark(
     test_split="test", train_splits=(),
     load_labels=load_ovlabels, question=OPENSET_QUESTION, target=emotion_target,
 ))
+BENCHMARK.extra["layout"] = LAYOUT
+BENCHMARK.scanners["unibench"] = unibench_scanner(BENCHMARK, LAYOUT, entries=label_items)
