@@ -1,6 +1,6 @@
 """Benchmark registry: importing this package registers every benchmark."""
 from affectverse_ds.benchmarks import (  # noqa: F401  (imported for registration)
-    cmumosei, cmumosi, iemocap, meld, mer2023, mer2024, ovmerd, sims, simsv2,
+    affectdyn, cmumosei, cmumosi, iemocap, meld, mer2023, mer2024, ovmerd, sims, simsv2,
 )
 from affectverse_ds.benchmarks.base import REGISTRY, Benchmark, Label, LabelError, LabelTable, get_benchmark
 
