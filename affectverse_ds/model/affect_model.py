@@ -1,0 +1,536 @@
+"""AffectVerse: the frozen Qwen2.5-Omni thinker + LoRA + the Emotion World Module + belief injection.
+
+One training step (paper Algorithm 1):
+    1. towers once (frozen, no grad) -> embedded sequence           ``_embed``
+    2. full-observation pass, no grad, decoder only, stopped after the
+       last A/V token (causal: later tokens cannot change those states) ``_full_observation_states``
+    3. EWM on the A/V hidden states -> belief tokens, L_img              ``ewm.EmotionWorldModule``
+    4. keep mask + belief insertion + rebuilt 3D M-RoPE ids              ``injection.build_plan``
+    5. second pass with grad on the modified sequence; logits only where
+       a label exists; L = L_lm + lambda_img L_img (Eq. 10)              ``forward``
+
+In training, the two sequences agree on their first tokens (system prompt,
+video past ...): ``_shared_passes`` computes that common prefix once, with
+grad, and runs the rest of both passes from its KV cache. Exact under causal
+attention (a test compares it with the plain two passes); off with gradient
+checkpointing (transformers drops the cache there) or ``source_layer != -1``.
+
+Inference (``generate``, ``score_candidates``) uses the same preparation with
+kappa = 1 (nothing dropped), belief tokens in the same two places, left padding
+and the KV cache. ``kappa < 1`` at evaluation (paper Table 2) means the model
+observes only the first kappa of every A/V region: both passes see the
+truncated sequence and the EWM treats all observed tokens as past.
+
+Export for evaluation: ``model.thinker`` is the PEFT model (``save_pretrained``
+writes the LoRA adapter) and ``model.ewm`` the EWM (its ``state_dict``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from affectverse_ds.config import AffectVerseConfig
+from affectverse_ds.data.batch import AUDIO_TOKEN_ID, IGNORE_INDEX, IM_END_ID, PAD_TOKEN_ID, VIDEO_TOKEN_ID
+from affectverse_ds.model import injection as inj
+from affectverse_ds.model.backbone import load_thinker
+from affectverse_ds.model.ewm import EmotionWorldModule, EWMOutput, split_points
+from affectverse_ds.model.lora import apply_lora
+
+
+@dataclass
+class AffectVerseOutput:
+    """Result of one forward.
+
+    loss: L_lm + lambda_img L_img (+ a zero-weighted term touching every trainable parameter).
+    lm_loss: mean cross-entropy over the batch's answer tokens (Eq. 9).
+    img_loss: Eq. 21 (0 without the EWM).
+    logits: (n, V) float32, only at positions whose next token has a label, in (sample, position) order.
+    label_sample: (n,) the sample of each logits row.
+    sample_nll: (B,) summed NLL of each sample's answer tokens; sample_tokens: (B,) their count.
+    metrics: detached scalars (imagination per step and modality, kappa, tokens dropped, belief tokens ...).
+    mama_weights: (B, N_q, N_M) MAMA attention (belief mode "ewm"), else None.
+    """
+
+    loss: torch.Tensor
+    lm_loss: torch.Tensor
+    img_loss: torch.Tensor
+    logits: torch.Tensor
+    label_sample: torch.Tensor
+    sample_nll: torch.Tensor
+    sample_tokens: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    mama_weights: torch.Tensor | None = None
+
+
+@dataclass
+class Prepared:
+    """The modified batch handed to the decoder."""
+
+    inputs_embeds: torch.Tensor  # (B, L', d)
+    attention_mask: torch.Tensor  # (B, L')
+    position_ids: torch.Tensor  # (3, B, L')
+    labels: torch.Tensor  # (B, L')
+    plan: inj.SequencePlan
+    ewm: EWMOutput | None
+    kappa: torch.Tensor  # (B,) float64, host
+
+
+@dataclass
+class ImaginationTrace:
+    """The EWM's view of a fully observed batch split at kappa (Table 8 fidelity); lists are [video, audio]."""
+
+    z: list[torch.Tensor]  # (B, T, d_w) bottleneck tokens Z_m
+    lengths: list[torch.Tensor]  # (B,)
+    split: list[torch.Tensor]  # (B,) T_p
+    use: list[torch.Tensor]  # (B,) bool, modality present
+    imagined: list[torch.Tensor]  # (B, S, N_s, d_w) rolled out from the past only
+
+
+@dataclass
+class _Setup:
+    """Host bookkeeping of one batch (plans, kappa, modality use) and its embedded tokens."""
+
+    embeds: torch.Tensor  # (B, L, d), towers scattered in, no grad
+    kappa: torch.Tensor  # (B,) float64
+    training: bool
+    plan: inj.SequencePlan | None = None  # the modified sequence (second pass)
+    plan0: inj.SequencePlan | None = None  # the full-observation sequence (first pass), EWM only
+    lengths: list[torch.Tensor] | None = None  # [(B,), (B,)] video/audio tokens seen by the EWM
+    split: list[torch.Tensor] | None = None  # [(B,), (B,)] T_p
+    use: list[torch.Tensor] | None = None  # [(B,), (B,)] after modality dropout
+    needs_states: bool = False  # the EWM reads decoder states this step
+
+
+class _StopForward(Exception):
+    """Raised by a layer hook once the source layer of the full-observation pass has run."""
+
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+
+class AffectVerseModel(nn.Module):
+    """Thinker (+LoRA) and EWM composed; see the module docstring.
+
+    Args:
+        thinker: the PEFT-wrapped thinker (or the bare thinker when LoRA is off).
+        ewm: the EWM, or None (LoRA baseline / temporal splitting only).
+        cfg: the full config (``ewm`` and ``injection`` sections are read).
+    """
+
+    def __init__(self, thinker: nn.Module, ewm: EmotionWorldModule | None, cfg: AffectVerseConfig,
+                 share_prefix: bool = True, min_shared_prefix: int = 64):
+        super().__init__()
+        self.thinker = thinker
+        self.ewm = ewm
+        self.cfg = cfg
+        # training: compute the tokens both passes share once (exact under causal attention; see _shared_prefix);
+        # below min_shared_prefix tokens the extra decoder call costs more than it saves
+        self.share_prefix = share_prefix
+        self.min_shared_prefix = min_shared_prefix
+
+    # ------------------------------------------------------------------ structure
+
+    def ewm_state_dict(self) -> dict[str, torch.Tensor]:
+        """The EWM weights for the export (empty without the EWM); the LoRA adapter: ``thinker.save_pretrained``."""
+        return self.ewm.state_dict() if self.ewm is not None else {}
+
+    @property
+    def core(self) -> nn.Module:
+        """The Qwen2_5OmniThinkerForConditionalGeneration under the PEFT wrapper (LoRA layers live inside it)."""
+        return self.thinker.get_base_model() if hasattr(self.thinker, "get_base_model") else self.thinker
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Exactly what trains: the LoRA adapters and every EWM parameter."""
+        named = [(f"thinker.{n}", p) for n, p in self.thinker.named_parameters() if "lora_" in n]
+        if self.ewm is not None:
+            named += [(f"ewm.{n}", p) for n, p in self.ewm.named_parameters()]
+        return named
+
+    # ------------------------------------------------------------------ pieces
+
+    @torch.no_grad()
+    def _embed(self, batch: dict) -> torch.Tensor:
+        """Token embeddings with the (frozen) tower outputs scattered in: (B, L, d). Towers run once per step."""
+        model = self.core.model
+        ids = batch["input_ids"]
+        emb = model.get_input_embeddings()(ids)
+        grid = batch.get("video_grid_thw")
+        if batch.get("pixel_values_videos") is not None and grid is not None and grid.numel():
+            video = torch.cat(model.get_video_features(batch["pixel_values_videos"], grid, return_dict=True).pooler_output)
+            emb = emb.masked_scatter((ids == VIDEO_TOKEN_ID)[..., None], video.to(emb.dtype))
+        feats = batch.get("input_features")
+        if feats is not None and feats.shape[0]:
+            audio = model.get_audio_features(feats, batch["feature_attention_mask"], return_dict=True).last_hidden_state
+            emb = emb.masked_scatter((ids == AUDIO_TOKEN_ID)[..., None], audio.to(emb.dtype))
+        return emb
+
+    def _decoder(self, x, mask, pos, cache=None, source_layer: int = -1):
+        """The language model (decoder + final norm, no LM head). Always given position ids.
+
+        ``source_layer`` -1: last layer after the final norm; k: output of decoder layer k (stops there).
+        Returns (hidden (B, L, d), cache).
+        """
+        lm = self.core.model.language_model
+        hook = None
+        if source_layer != -1:
+            def stop(_module, _args, output):
+                raise _StopForward(output[0] if isinstance(output, tuple) else output)
+            hook = lm.layers[source_layer].register_forward_hook(stop)
+        try:
+            out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                     use_cache=cache is not None)
+        except _StopForward as done:
+            return done.hidden, None
+        finally:
+            if hook is not None:
+                hook.remove()
+        return out.last_hidden_state, out.past_key_values
+
+    def _kappa(self, b: int, kappa, training: bool, generator) -> torch.Tensor:
+        """(B,) float64 keep ratios: given, else U[kappa_min, 1) in training with temporal splitting, else 1."""
+        if kappa is not None:
+            return torch.as_tensor(kappa, dtype=torch.float64).expand(b).clone()
+        e = self.cfg.ewm
+        if training and e.temporal_split:
+            return e.kappa_min + (1.0 - e.kappa_min) * torch.rand(b, generator=generator, dtype=torch.float64)
+        return torch.ones(b, dtype=torch.float64)
+
+    def _modality_use(self, lengths: list[torch.Tensor], training: bool, generator) -> list[torch.Tensor]:
+        """Modality dropout (App. D.1): with p drop one of two present modalities from the EWM, each half the time."""
+        use = [lengths[0] > 0, lengths[1] > 0]
+        p = self.cfg.ewm.modality_dropout
+        if training and p > 0:
+            both = use[0] & use[1]
+            drop = (torch.rand(len(both), generator=generator) < p) & both
+            video = torch.rand(len(both), generator=generator) < 0.5
+            use = [use[0] & ~(drop & video), use[1] & ~(drop & ~video)]
+        return use
+
+    @staticmethod
+    def _answer_cols(batch: dict, mask: torch.Tensor) -> torch.Tensor:
+        """(B,) column of the first answer token: ``answer_start``, else the first label, else the end of the row."""
+        if batch.get("answer_start") is not None:
+            return batch["answer_start"].cpu().long()
+        end = torch.where(mask.bool(), torch.arange(mask.shape[1]), -1).max(1).values + 1
+        labels = batch.get("labels")
+        if labels is None:
+            return end
+        has = labels.cpu() != IGNORE_INDEX
+        first = torch.where(has, torch.arange(mask.shape[1]), mask.shape[1]).min(1).values
+        return torch.where(has.any(1), first, end)
+
+    @staticmethod
+    def _gather_kind(h: torch.Tensor, kind: torch.Tensor, code: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states of one token kind, packed to the left: (B, T, d) zero-padded, lengths (B,)."""
+        hit = kind == code  # (B, L0)
+        lengths = hit.sum(1)
+        width = max(int(lengths.max()), 1)
+        idx = torch.argsort((~hit).int(), dim=1, stable=True)[:, :width]  # hits first, in order
+        valid = (torch.arange(width)[None] < lengths[:, None]).to(h.device)
+        idx = idx.to(h.device)[..., None].expand(-1, -1, h.shape[-1])
+        return torch.gather(h, 1, idx) * valid[..., None].to(h.dtype), lengths.to(h.device)
+
+    def _setup(self, batch: dict, kappa, generator, for_generation: bool) -> _Setup:
+        """Host-side bookkeeping of one batch: regions, kappa, modality use, belief counts and both plans."""
+        training = self.training and not for_generation
+        mask = batch["attention_mask"].cpu()
+        regions = inj.find_regions(batch["input_ids"].cpu(), mask, _cpu(batch.get("video_grid_thw")),
+                                   _cpu(batch.get("video_second_per_grid")),
+                                   self.core.model.spatial_merge_size, self.core.config.position_id_per_seconds)
+        answer = self._answer_cols(batch, mask)
+        b = mask.shape[0]
+        kap = self._kappa(b, kappa, training, generator)
+        truncate = (self.cfg.injection.keep_mask or not training) and bool((kap < 1).any())
+        keep_ratio = kap if truncate else None
+        s = _Setup(self._embed(batch), kap, training)
+        n_belief = torch.zeros(b, dtype=torch.long)
+        if self.ewm is not None:
+            # the full-observation pass sees everything in training, the observed prefix at evaluation
+            s.plan0 = inj.build_plan(regions, mask, None, answer, None if training else keep_ratio,
+                                     torch.zeros(b, dtype=torch.long), stop_after_av=True)
+            s.lengths = [(s.plan0.kind == k).sum(1) for k in (inj.VIDEO, inj.AUDIO)]
+            s.split = [split_points(kap, n) if training else n for n in s.lengths]
+            s.use = self._modality_use(s.lengths, training, generator)
+            n_belief = self.ewm.belief_counts([u & (n > 0) for u, n in zip(s.use, s.lengths)])
+            e = self.cfg.ewm
+            s.needs_states = (e.belief in ("ewm", "pooling") or e.lambda_img > 0) and int(sum(s.lengths).sum()) > 0
+        labels = batch.get("labels")
+        s.plan = inj.build_plan(regions, mask, labels.cpu() if labels is not None else None, answer, keep_ratio,
+                                n_belief, self.cfg.injection.positions,
+                                pad_side="left" if for_generation else "right", cut_at_answer=for_generation)
+        return s
+
+    def _full_observation_states(self, s: _Setup) -> torch.Tensor:
+        """Step 2: decoder states of the full-observation sequence (plan0), no grad: (B, L0, d)."""
+        dev = s.embeds.device
+        with torch.no_grad():
+            x0 = inj.gather_embeddings(s.plan0, s.embeds, None)
+            h, _ = self._decoder(x0, s.plan0.attention_mask.to(dev), s.plan0.position_ids.to(dev),
+                                 source_layer=self.cfg.ewm.source_layer)
+        return h
+
+    def _run_ewm(self, s: _Setup, h0: torch.Tensor | None, generator) -> EWMOutput:
+        """Step 3: the EWM on the A/V states of h0 (zeros when no state is needed)."""
+        b, d, dev = s.embeds.shape[0], s.embeds.shape[-1], s.embeds.device
+        if h0 is not None:
+            hidden = [self._gather_kind(h0, s.plan0.kind, k)[0] for k in (inj.VIDEO, inj.AUDIO)]
+        else:
+            hidden = [s.embeds.new_zeros(b, max(int(n.max()), 1), d) for n in s.lengths]
+        return self.ewm(hidden, [n.to(dev) for n in s.lengths], [t.to(dev) for t in s.split],
+                        [u.to(dev) for u in s.use], generator)
+
+    # ------------------------------------------------------------------ preparation
+
+    def prepare_inputs(self, batch: dict, kappa=None, generator: torch.Generator | None = None,
+                       for_generation: bool = False) -> Prepared:
+        """Embed, run the EWM, drop/insert tokens and rebuild masks, labels and 3D position ids.
+
+        Args:
+            batch: the batch contract (``data/batch.py``), tensors on the model's device.
+            kappa: keep ratio (float or (B,)); None: sampled in training, 1.0 otherwise.
+            generator: host RNG for kappa, modality dropout and the random-belief ablation.
+            for_generation: left-padded prompt cut at the answer start, belief tokens at its end.
+        """
+        s = self._setup(batch, kappa, generator, for_generation)
+        ewm_out = None
+        if self.ewm is not None:
+            ewm_out = self._run_ewm(s, self._full_observation_states(s) if s.needs_states else None, generator)
+        return self._prepared(s, ewm_out)
+
+    def _prepared(self, s: _Setup, ewm_out: EWMOutput | None, cols: slice = slice(None)) -> Prepared:
+        dev = s.embeds.device
+        x = inj.gather_embeddings(s.plan, s.embeds, ewm_out.beliefs if ewm_out is not None else None, cols)
+        p = s.plan
+        return Prepared(x, p.attention_mask.to(dev), p.position_ids[:, :, cols].to(dev), p.labels.to(dev),
+                        p, ewm_out, s.kappa)
+
+    # ------------------------------------------------------------------ training forward
+
+    def _shared_prefix(self, s: _Setup) -> int:
+        """Columns at the start where the full-observation and the modified sequence hold the same tokens.
+
+        Causal attention makes their states identical there, so the step computes them once (with grad)
+        and both passes continue from that KV cache. 0 when sharing does not apply.
+        """
+        lm = self.core.model.language_model
+        if not (self.share_prefix and s.training and self.ewm is not None and s.needs_states
+                and self.cfg.ewm.source_layer == -1 and not lm.gradient_checkpointing):
+            return 0
+        p0, p2 = s.plan0, s.plan
+        n = min(p0.source.shape[1], p2.source.shape[1])
+        real2 = p2.attention_mask[:, :n].bool()
+        same = (p0.orig_col[:, :n] == p2.orig_col[:, :n]) & (p2.orig_col[:, :n] >= 0) & real2
+        has_av = (s.lengths[0] + s.lengths[1]) > 0
+        same = torch.where(has_av[:, None], same, real2)  # plan0 rows of text-only samples are never read
+        agree = same.long().cumprod(1).sum(1)
+        prefix = int(torch.minimum(agree, p2.attention_mask.sum(1)).min())
+        return prefix if prefix >= self.min_shared_prefix else 0
+
+    def _shared_passes(self, s: _Setup, prefix: int, generator) -> tuple[torch.Tensor, EWMOutput]:
+        """Both passes with the common prefix computed once: (hidden of the modified sequence, EWM output)."""
+        dev = s.embeds.device
+        head = slice(0, prefix)
+        x_a = inj.gather_embeddings(s.plan, s.embeds, None, head)
+        mask2 = s.plan.attention_mask.to(dev)
+        h_a, cache = self._decoder(x_a, mask2[:, head], s.plan.position_ids[:, :, head].to(dev), cache=_new_cache())
+        h0 = h_a.detach()
+        if s.plan0.source.shape[1] > prefix:
+            with torch.no_grad():
+                rest = slice(prefix, None)
+                x0 = inj.gather_embeddings(s.plan0, s.embeds, None, rest)
+                mask0 = torch.cat([mask2[:, head], s.plan0.attention_mask[:, rest].to(dev)], dim=1)
+                h_rest, _ = self._decoder(x0, mask0, s.plan0.position_ids[:, :, rest].to(dev),
+                                          cache=_detached_copy(cache))
+            h0 = torch.cat([h0, h_rest], dim=1)
+        ewm_out = self._run_ewm(s, h0, generator)
+        tail = self._prepared(s, ewm_out, slice(prefix, None))
+        h_b, _ = self._decoder(tail.inputs_embeds, tail.attention_mask, tail.position_ids, cache=cache)
+        return torch.cat([h_a, h_b], dim=1), ewm_out
+
+    def forward(self, batch: dict | None = None, kappa=None, generator: torch.Generator | None = None,
+                **fields) -> AffectVerseOutput:
+        """One training/validation forward: L = L_lm + lambda_img L_img (Eq. 10).
+
+        Called as ``model(batch)`` or ``model(**batch)`` (the batch contract's keys).
+        """
+        batch = batch if batch is not None else fields
+        s = self._setup(batch, kappa, generator, for_generation=False)
+        prefix = self._shared_prefix(s)
+        if prefix:
+            hidden, ewm_out = self._shared_passes(s, prefix, generator)
+        else:
+            ewm_out = None
+            if self.ewm is not None:
+                ewm_out = self._run_ewm(s, self._full_observation_states(s) if s.needs_states else None, generator)
+            prep = self._prepared(s, ewm_out)
+            hidden, _ = self._decoder(prep.inputs_embeds, prep.attention_mask, prep.position_ids)  # (B, L', d)
+        labels = s.plan.labels.to(hidden.device)
+        target = labels[:, 1:]  # (B, L'-1), label of the next token
+        has = target != IGNORE_INDEX
+        logits = self.core.lm_head(hidden[:, :-1][has]).float()  # (n, V): only where a label exists
+        tok_nll = F.cross_entropy(logits, target[has], reduction="none")  # (n,)
+        b = target.shape[0]
+        label_sample = torch.arange(b, device=has.device)[:, None].expand_as(has)[has]
+        sample_nll = tok_nll.new_zeros(b).index_add(0, label_sample, tok_nll)
+        n_tokens = has.sum(1)
+        lm_loss = tok_nll.sum() / has.sum().clamp(min=1)
+        img_loss = ewm_out.img_loss if ewm_out is not None else lm_loss.new_zeros(())
+        lam = self.cfg.ewm.lambda_img if self.ewm is not None else 0.0
+        loss = lm_loss + lam * img_loss + self._zero_touch()
+        metrics = self._metrics(s, ewm_out, n_tokens)
+        metrics["shared_prefix"] = torch.tensor(float(prefix))
+        return AffectVerseOutput(loss, lm_loss, img_loss, logits, label_sample, sample_nll, n_tokens, metrics,
+                                 ewm_out.mama_weights if ewm_out is not None else None)
+
+    def _zero_touch(self) -> torch.Tensor | float:
+        """0 x every EWM parameter: each gets a gradient every step, used or not (ZeRO-2 hangs otherwise).
+
+        LoRA needs none: every adapter sits in the decoder, which every step runs and backpropagates through.
+        """
+        return self.ewm.zero_touch() if self.ewm is not None else 0.0
+
+    @staticmethod
+    def _metrics(s: _Setup, ewm_out: EWMOutput | None, n_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        m = {
+            "kappa": s.kappa.mean().float(),
+            "tokens_dropped": s.plan.n_dropped.sum().float(),
+            "belief_tokens": (s.plan.kind == inj.BELIEF).sum().float(),
+            "seq_len": s.plan.attention_mask.sum(1).float().mean(),
+            "answer_tokens": n_tokens.sum().detach().float(),
+        }
+        if ewm_out is not None:
+            m.update(ewm_out.metrics)
+        return m
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def imagination_trace(self, batch: dict, kappa: float) -> ImaginationTrace:
+        """Full observation, split at ``kappa`` (no dropout): what the EWM imagines vs the real future."""
+        if self.ewm is None:
+            raise RuntimeError("imagination_trace needs the EWM (ewm.enabled=true)")
+        s = self._setup(batch, None, None, for_generation=True)
+        b, d, dev = s.embeds.shape[0], s.embeds.shape[-1], s.embeds.device
+        if s.needs_states:
+            h0 = self._full_observation_states(s)
+            hidden = [self._gather_kind(h0, s.plan0.kind, k)[0] for k in (inj.VIDEO, inj.AUDIO)]
+        else:
+            hidden = [s.embeds.new_zeros(b, max(int(n.max()), 1), d) for n in s.lengths]
+        kap = torch.full((b,), float(kappa), dtype=torch.float64)
+        lengths = [n.to(dev) for n in s.lengths]
+        split = [split_points(kap, n).to(dev) for n in s.lengths]
+        use = [n > 0 for n in lengths]
+        z = [self.ewm.project(hidden[m], m) for m in range(2)]
+        past = [(torch.arange(z[m].shape[1], device=dev)[None] < split[m][:, None]) & use[m][:, None]
+                for m in range(2)]
+        return ImaginationTrace(z, lengths, split, use, self.ewm.rollout(z, past))
+
+    def _prefill(self, batch: dict, kappa: float):
+        prep = self.prepare_inputs(batch, kappa, for_generation=True)
+        hidden, cache = self._decoder(prep.inputs_embeds, prep.attention_mask, prep.position_ids, cache=_new_cache())
+        # next position per sample: running max over real tokens + 1 (all three dims)
+        pos = prep.position_ids.masked_fill(prep.attention_mask[None] == 0, -1)
+        next_pos = pos.amax(dim=(0, 2)) + 1  # (B,)
+        return prep, hidden[:, -1], cache, next_pos
+
+    def _step(self, tokens: torch.Tensor, mask: torch.Tensor, next_pos: torch.Tensor, cache):
+        """Decode ``tokens`` (B, n) after the cache: returns hidden (B, n, d), cache."""
+        n = tokens.shape[1]
+        x = self.core.model.get_input_embeddings()(tokens)
+        pos = (next_pos[:, None] + torch.arange(n, device=tokens.device)[None])[None].expand(3, -1, -1)
+        return self._decoder(x, mask, pos, cache=cache)
+
+    @torch.no_grad()
+    def generate(self, batch: dict, max_new_tokens: int = 32, kappa: float = 1.0,
+                 eos_token_id: int = IM_END_ID, pad_token_id: int = PAD_TOKEN_ID) -> torch.Tensor:
+        """Greedy decoding with the KV cache, belief tokens injected as in training.
+
+        The prompt is each sample up to its ``answer_start`` (answer tokens, if any, are ignored).
+        Returns (B, T) new token ids; after a sample's EOS the row holds ``pad_token_id``.
+        """
+        prep, last, cache, next_pos = self._prefill(batch, kappa)
+        mask = prep.attention_mask
+        b = mask.shape[0]
+        done = torch.zeros(b, dtype=torch.bool, device=mask.device)
+        out = []
+        for _ in range(max_new_tokens):
+            tok = self.core.lm_head(last).argmax(-1)  # (B,)
+            tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
+            out.append(tok)
+            done |= tok == eos_token_id
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
+            hidden, cache = self._step(tok[:, None], mask, next_pos, cache)
+            last, next_pos = hidden[:, -1], next_pos + 1
+        return torch.stack(out, dim=1) if out else torch.zeros(b, 0, dtype=torch.long, device=mask.device)
+
+    @torch.no_grad()
+    def score_candidates(self, batch: dict, candidates: list[list[int]], kappa: float = 1.0) -> torch.Tensor:
+        """Log-likelihood of each candidate answer (token ids, e.g. the label words + ``<|im_end|>``) per sample.
+
+        Returns (B, C) float32 sums of token log-probabilities (divide by ``len(candidates[c])`` to normalise).
+        """
+        prep, last, cache, next_pos = self._prefill(batch, kappa)
+        first = F.log_softmax(self.core.lm_head(last).float(), dim=-1)  # (B, V)
+        mask0 = prep.attention_mask
+        b, dev = mask0.shape[0], mask0.device
+        scores = torch.zeros(b, len(candidates), device=dev)
+        for c, toks in enumerate(candidates):
+            t = torch.tensor(toks, device=dev)
+            scores[:, c] = first[:, t[0]]
+            if len(toks) > 1:
+                inp = t[:-1][None].expand(b, -1)
+                mask = torch.cat([mask0, mask0.new_ones(b, inp.shape[1])], dim=1)
+                hidden, cache = self._step(inp, mask, next_pos, cache)
+                logp = F.log_softmax(self.core.lm_head(hidden).float(), dim=-1)  # (B, n, V)
+                scores[:, c] += logp.gather(-1, t[1:][None, :, None].expand(b, -1, 1)).squeeze(-1).sum(-1)
+                cache.crop(-inp.shape[1])  # back to the prompt for the next candidate
+        return scores
+
+
+def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:
+    return t.cpu() if t is not None else None
+
+
+def _new_cache():
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+def _detached_copy(cache):
+    """A cache over the same (detached) keys/values: the no-grad pass extends it without touching the original."""
+    from transformers import DynamicCache
+
+    return DynamicCache([(layer.keys.detach(), layer.values.detach()) for layer in cache.layers])
+
+
+def build_model(cfg: AffectVerseConfig, device: torch.device | str = "cpu") -> AffectVerseModel:
+    """Frozen thinker from ``cfg.backbone``, LoRA (``cfg.lora``), EWM (``cfg.ewm``), composed.
+
+    Only :meth:`AffectVerseModel.trainable_parameters` require grad afterwards (checked).
+    """
+    return assemble_model(load_thinker(cfg.backbone, device), cfg)
+
+
+def assemble_model(thinker: nn.Module, cfg: AffectVerseConfig) -> AffectVerseModel:
+    """Compose an already loaded, frozen thinker with LoRA and the EWM (on the thinker's device)."""
+    device = next(thinker.parameters()).device
+    if cfg.backbone.gradient_checkpointing:
+        thinker.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora.enabled:
+        thinker = apply_lora(thinker, cfg.lora)
+    ewm = None
+    if cfg.ewm.enabled:
+        ewm = EmotionWorldModule(cfg.ewm, thinker.config.text_config.hidden_size).to(device)
+    model = AffectVerseModel(thinker, ewm, cfg)
+    named = {id(p) for _, p in model.trainable_parameters()}
+    grad = {id(p) for p in model.parameters() if p.requires_grad}
+    if named != grad:
+        raise RuntimeError("trainable_parameters() does not match the parameters that require grad")
+    return model

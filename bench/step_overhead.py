@@ -1,0 +1,252 @@
+"""Step time and memory of AffectVerse vs the LoRA-only baseline, side by side on the same batches and backbone.
+
+    OMP_NUM_THREADS=1 python bench/step_overhead.py --config launch/configs/tiny.yaml     # tiny preset, CPU
+    python bench/step_overhead.py --config launch/configs/affectverse_7b.yaml --7b-shapes  # random 7B, one GPU
+
+One training step = forward + backward (no optimizer: identical for both). The
+two models share one LoRA-wrapped thinker; steps alternate baseline /
+AffectVerse so drift hits both alike. Memory: autograd-saved activations
+(exact, any device) and, on CUDA, peak allocated memory above the weights.
+The AffectVerse step is broken down into towers+embedding, the full-observation
+pass, EWM, host-side planning and the second pass (forward; backward is the rest).
+Target (issue 3): AffectVerse step <= 1.3x the baseline step.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from affectverse_ds.config import AffectVerseConfig, load_config  # noqa: E402
+from affectverse_ds.data.batch import (  # noqa: E402
+    AUDIO_BOS_ID, AUDIO_EOS_ID, AUDIO_TOKEN_ID, IGNORE_INDEX, IM_END_ID, IM_START_ID, PAD_TOKEN_ID, VIDEO_TOKEN_ID,
+    VISION_BOS_ID, VISION_EOS_ID,
+)
+from affectverse_ds.model import affect_model as am  # noqa: E402
+from affectverse_ds.model import injection as inj  # noqa: E402
+from affectverse_ds.model.backbone import Thinker, freeze, load_thinker, read_thinker_config  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- synthetic batches
+
+
+def synthetic_batch(b: int, seconds: float, frame_size: int, fps: float, text_len: int, answer_len: int,
+                    seed: int, device) -> dict:
+    """A batch in the collator's contract: every sample has video + audio of ``seconds`` (lengths vary +-25%)."""
+    g = torch.Generator().manual_seed(seed)
+    rows, labels, answers, grids, pixels, feats = [], [], [], [], [], []
+    patches = frame_size // 14
+    for _ in range(b):
+        sec = seconds * float(torch.empty(1).uniform_(0.75, 1.25, generator=g))
+        grid_t = max(int(sec * fps) // 2, 1)
+        n_video = grid_t * (patches // 2) ** 2
+        mel = int(sec * 100)
+        n_audio = ((mel - 1) // 2 + 1 - 2) // 2 + 1
+        text = torch.randint(0, 150000, (text_len + answer_len,), generator=g).tolist()
+        ids = [IM_START_ID] + text[:8] + [IM_END_ID, IM_START_ID] + text[8:10]
+        ids += [VISION_BOS_ID] + [VIDEO_TOKEN_ID] * n_video + [VISION_EOS_ID]
+        ids += [AUDIO_BOS_ID] + [AUDIO_TOKEN_ID] * n_audio + [AUDIO_EOS_ID]
+        ids += text[10:text_len] + [IM_END_ID, IM_START_ID, 77091, 198]
+        answers.append(len(ids))
+        ids += text[text_len:] + [IM_END_ID]
+        rows.append(ids)
+        labels.append([IGNORE_INDEX] * answers[-1] + ids[answers[-1]:])
+        grids.append([grid_t, patches, patches])
+        pixels.append(torch.randn(grid_t * patches * patches, 3 * 2 * 14 * 14, generator=g))
+        feats.append(torch.randn(128, mel, generator=g))
+    width = max(map(len, rows))
+    batch = dict(
+        input_ids=torch.full((b, width), PAD_TOKEN_ID), attention_mask=torch.zeros(b, width, dtype=torch.long),
+        labels=torch.full((b, width), IGNORE_INDEX), answer_start=torch.tensor(answers),
+        pixel_values_videos=torch.cat(pixels), video_grid_thw=torch.tensor(grids),
+        video_second_per_grid=torch.full((b,), 2.0 / fps),
+        has_video=torch.ones(b, dtype=torch.bool), has_audio=torch.ones(b, dtype=torch.bool),
+    )
+    t_max = max(f.shape[1] for f in feats)
+    batch["input_features"] = torch.zeros(b, 128, t_max)
+    batch["feature_attention_mask"] = torch.zeros(b, t_max, dtype=torch.long)
+    for i, (ids, lab, f) in enumerate(zip(rows, labels, feats)):
+        batch["input_ids"][i, :len(ids)] = torch.tensor(ids)
+        batch["attention_mask"][i, :len(ids)] = 1
+        batch["labels"][i, :len(ids)] = torch.tensor(lab)
+        batch["input_features"][i, :, :f.shape[1]] = f
+        batch["feature_attention_mask"][i, :f.shape[1]] = 1
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class Phases:
+    """Wall time per phase of the AffectVerse step, by wrapping the model's pieces (bench only)."""
+
+    def __init__(self, model: am.AffectVerseModel, device: torch.device):
+        self.times: dict[str, float] = defaultdict(float)
+        self.device = device
+        self._wrap(model, "_embed", lambda *a, **k: "towers+embed")
+        self._wrap(model, "_decoder", lambda *a, **k: "pass2_forward" if torch.is_grad_enabled() else "full_obs_pass")
+        if model.ewm is not None:
+            self._wrap(model.ewm, "forward", lambda *a, **k: "ewm_forward")
+        self._wrap(inj, "build_plan", lambda *a, **k: "host_planning")
+
+    def _wrap(self, owner, name: str, label) -> None:
+        fn = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            _sync(self.device)
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            _sync(self.device)
+            self.times[label(*args, **kwargs)] += time.perf_counter() - t0
+            return out
+
+        setattr(owner, name, timed)
+
+
+def saved_activation_bytes(model, batch, generator) -> int:
+    """Bytes autograd keeps for backward in one training forward (unique storages, parameters excluded)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(batch, generator=generator)
+    del out
+    return sum(seen.values())
+
+
+def one_step(model, batch, generator, device) -> tuple[float, int]:
+    """Seconds for forward + backward, and CUDA peak bytes above the starting allocation (0 on CPU)."""
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+    t0 = time.perf_counter()
+    out = model(batch, generator=generator)
+    out.loss.backward()
+    _sync(device)
+    dt = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() - start if device.type == "cuda" else 0
+    for _, p in model.trainable_parameters():
+        p.grad = None
+    return dt, peak
+
+
+def compare(affect: am.AffectVerseModel, cfg: AffectVerseConfig, batches: list[dict], warmup: int,
+            device: torch.device) -> dict:
+    base_cfg = copy.deepcopy(cfg)
+    base_cfg.ewm.enabled, base_cfg.ewm.temporal_split = False, False
+    baseline = am.AffectVerseModel(affect.thinker, None, base_cfg)
+    plain = am.AffectVerseModel(affect.thinker, affect.ewm, cfg, share_prefix=False)
+    models = {"baseline": baseline.train(), "affectverse": affect.train(), "affectverse_no_prefix_sharing": plain.train()}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    peaks: dict[str, int] = {k: 0 for k in models}
+    gens = {k: torch.Generator().manual_seed(0) for k in models}
+    for step, batch in enumerate([batches[0]] * warmup + batches):
+        for name, model in models.items():
+            dt, peak = one_step(model, batch, gens[name], device)
+            if step >= warmup:
+                times[name].append(dt)
+                peaks[name] = max(peaks[name], peak)
+    saved = {k: saved_activation_bytes(m, batches[0], torch.Generator().manual_seed(0)) for k, m in models.items()}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    # phase breakdown: the same batches once more through AffectVerse with timers around its pieces
+    phases = Phases(affect, device)
+    t0 = time.perf_counter()
+    for batch in batches:
+        one_step(affect, batch, gens["affectverse"], device)
+    n = len(batches)
+    total_ms = 1000 * (time.perf_counter() - t0) / n
+    phase_ms = {k: round(1000 * v / n, 2) for k, v in sorted(phases.times.items())}
+    phase_ms["lm_head_loss_backward_rest"] = round(total_ms - sum(phase_ms.values()), 2)
+    result = {
+        "device": str(device), "steps": n,
+        "step_ms": {k: round(1000 * v, 2) for k, v in med.items()},
+        "step_time_ratio": round(med["affectverse"] / med["baseline"], 3),
+        "step_time_ratio_no_prefix_sharing": round(med["affectverse_no_prefix_sharing"] / med["baseline"], 3),
+        "saved_activations_mb": {k: round(v / 2**20, 2) for k, v in saved.items()},
+        "saved_activation_ratio": round(saved["affectverse"] / max(saved["baseline"], 1), 3),
+        "affectverse_phase_ms": phase_ms,
+    }
+    if device.type == "cuda":
+        result["peak_mb_above_weights"] = {k: round(v / 2**20, 1) for k, v in peaks.items()}
+        result["peak_memory_ratio"] = round(peaks["affectverse"] / max(peaks["baseline"], 1), 3)
+    return result
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def random_thinker(arch_config: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The thinker architecture with random weights (timing only)."""
+    config = read_thinker_config(arch_config)
+    config._attn_implementation = "sdpa"
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            thinker = Thinker(config)
+    finally:
+        torch.set_default_dtype(previous)
+    freeze(thinker)
+    return thinker
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="launch/configs/tiny.yaml")
+    parser.add_argument("--7b-shapes", dest="big", action="store_true", help="random-weight 7B thinker on one GPU")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=None, help="micro-batch (default: train.micro_batch)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="clip length (video + audio)")
+    parser.add_argument("--arch", default=None, help="(--7b-shapes) thinker config JSON; default backbone.arch_config")
+    parser.add_argument("--device", default=None, help="(--7b-shapes) override the device, e.g. cpu for a smoke run")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    b = args.batch or cfg.train.micro_batch
+    if args.big:
+        device = torch.device(args.device or "cuda")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            print("step_overhead --7b-shapes: no CUDA GPU here; nothing measured (run it on a GPU machine)")
+            return 0
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        thinker = random_thinker(args.arch or cfg.backbone.arch_config, device, dtype)
+        model = am.assemble_model(thinker, cfg).to(dtype)
+        steps = args.steps or 5
+    else:
+        device = torch.device("cpu")
+        model = am.assemble_model(load_thinker(cfg.backbone, device), cfg)
+        steps = args.steps or 10
+    batches = [synthetic_batch(b, args.seconds, cfg.data.frame_size, cfg.data.fps, 60, 6, seed=i, device=device)
+               for i in range(steps)]
+    result = compare(model, cfg, batches, args.warmup, device)
+    result.update(batch=b, seq_len=int(batches[0]["attention_mask"].sum(1).max()), config=args.config)
+    for key, value in result.items():
+        print(f"{key:28s} {value}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
