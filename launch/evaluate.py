@@ -1,0 +1,59 @@
+"""Evaluate checkpoints on the MER-UniBench test shards: scores, the paper's tables and plots.
+
+    python launch/evaluate.py --checkpoint CKPT [CKPT ...] --config CONFIG [--benchmarks mer2023 meld ...] \
+        [--modality avt,at,vt] [--keep-ratio 1.0,0.7,0.5,0.3,0.1] [--mode generate|rank] [--out results]
+    torchrun --nproc_per_node N launch/evaluate.py ...       (work split over ranks, gathered on rank 0)
+
+CKPT is a ``step_NNNNNN/`` checkpoint folder or its ``export/`` folder; with several, the last is the
+fixed checkpoint and best-per-benchmark rows are added, labelled.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from affectverse_ds.config import ConfigError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from affectverse_ds.eval.evaluate import parse_list
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, nargs="+", help="step_NNNNNN/ or export/ folders (last = fixed)")
+    p.add_argument("--config", required=True, help="AffectVerse YAML config (data, eval and backbone location)")
+    p.add_argument("--benchmarks", nargs="+", default=None, help="registry names (default: data.eval_benchmarks)")
+    p.add_argument("--modality", type=parse_list, default=None, help="settings, e.g. avt,at,vt (default: eval.modalities)")
+    p.add_argument("--keep-ratio", type=lambda s: parse_list(s, float), default=None,
+                   help="keep ratios, e.g. 1.0,0.7,0.5,0.3,0.1 (default: eval.keep_ratios)")
+    p.add_argument("--mode", choices=["generate", "rank"], default=None, help="default: eval.mode")
+    p.add_argument("--out", default="results", help="output folder (default: results)")
+    p.add_argument("--max-batches", type=int, default=None, help="at most this many batches per benchmark and setting per rank")
+    p.add_argument("--no-probe", action="store_true", help="skip Table 8 / MAMA heatmaps (fewer forward passes)")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
+    args = p.parse_args(argv)
+    # "--checkpoint A B data.num_workers=0": argparse hands trailing overrides to --checkpoint
+    args.overrides = [c for c in args.checkpoint if "=" in c] + args.overrides
+    args.checkpoint = [c for c in args.checkpoint if "=" not in c]
+    if not args.checkpoint:
+        p.error("--checkpoint needs at least one folder")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from affectverse_ds.data.loader import LoaderError
+    from affectverse_ds.eval.evaluate import run_evaluation
+
+    try:
+        run_evaluation(args.config, args.checkpoint, overrides=args.overrides, benchmarks=args.benchmarks,
+                       modalities=args.modality, keep_ratios=args.keep_ratio, mode=args.mode, out_dir=args.out,
+                       max_batches=args.max_batches, probe=not args.no_probe)
+    except (ConfigError, LoaderError, FileNotFoundError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
