@@ -107,7 +107,10 @@ class TrainConfig:
 
     out_dir: str = "runs/default"
     epochs: int = 3
-    max_steps: int = -1  # >0 stops early (tests, demo)
+    max_steps: int = -1  # >0: the run (and its LR schedule) has this many optimizer steps
+    # >0: end this process after that many steps with a checkpoint, leaving the schedule as it is
+    # (time-sliced jobs; `--resume auto` continues exactly where it stopped)
+    stop_after_steps: int = -1
     micro_batch: int = 4
     grad_accum: int = 8
     global_batch: int | None = None  # None: micro_batch x grad_accum x world size

@@ -245,7 +245,9 @@ class EmotionWorldModule(nn.Module):
         self.mama_dual = BeliefAggregator(cfg, 2 * cfg.n_belief_base)
         self.mama_single = BeliefAggregator(cfg, cfg.n_belief_base)
         self.w_r = nn.Linear(d_w, d_w, bias=False)
-        self.alpha = nn.Parameter(torch.tensor(float(cfg.alpha_init)))
+        # shape (1,), not a 0-d scalar: DeepSpeed's initial broadcast views each parameter as bytes,
+        # which fails on 0-d tensors
+        self.alpha = nn.Parameter(torch.full((1,), float(cfg.alpha_init)))
         self.up = nn.Linear(d_w, d_model)  # W_ep, b_ep
         self.up_norm = nn.LayerNorm(d_model)
 

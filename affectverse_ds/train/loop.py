@@ -82,6 +82,7 @@ class Trainer:
         self.position = {"step": 0, "epoch": 0, "micro_in_epoch": 0}
         if resume:
             self._resume(resume)
+        self.start_step = self.position["step"]
         if self.info.is_main:
             dump_config(cfg, self.out_dir / "config.yaml")
             (self.out_dir / "ds_config.json").write_text(__import__("json").dumps(self.ds_config, indent=2))
@@ -117,12 +118,12 @@ class Trainer:
         acc = _StepAccumulator()
         done = self.position["step"] >= self.total_steps
         while not done:
-            loader = self.build_loader(cfg, self.tokenizer, info.rank, info.world_size, self.position["epoch"])
-            skip = self.position["micro_in_epoch"]
-            micro = -1
-            for micro, batch in enumerate(loader):
-                if micro < skip:
-                    continue  # exactly the batches an uninterrupted run already consumed
+            # start_batch: the loader skips (undecoded) exactly the micro-batches an uninterrupted run consumed
+            start = self.position["micro_in_epoch"]
+            loader = self.build_loader(cfg, self.tokenizer, rank=info.rank, world=info.world_size,
+                                       epoch=self.position["epoch"], start_batch=start)
+            micro = start - 1
+            for micro, batch in enumerate(loader, start=start):
                 self._micro_step(batch, acc)
                 self.position["micro_in_epoch"] = micro + 1
                 if acc.micro < cfg.train.grad_accum:
@@ -135,12 +136,13 @@ class Trainer:
                 if done:
                     break
             else:
-                if micro < 0:
+                if start == 0 and micro < 0:
                     raise RuntimeError(f"the train loader yielded no batch in epoch {self.position['epoch']}")
                 self.position["epoch"] += 1
                 self.position["micro_in_epoch"] = 0
                 done = cfg.train.max_steps <= 0 and self.position["epoch"] >= cfg.train.epochs
         result.steps = self.position["step"]
+        self._check_ranks_agree()
         logger.close()
         if bar is not None:
             bar.close()
@@ -158,12 +160,23 @@ class Trainer:
         """Checkpointing and the stop conditions at an optimizer-step boundary; True ends the run."""
         step = self.position["step"]
         stop_now = dist.all_reduce_max(1.0 if stop.requested else 0.0) > 0  # every rank stops at the same step
+        stop_now = stop_now or step - self.start_step == self.cfg.train.stop_after_steps
         if stop_now or step % self.cfg.train.save_every == 0 or step >= self.total_steps:
             result.last_checkpoint = self._save()
         if stop_now:
             result.stopped_by_signal = True
             dist.print0(f"stop requested: saved {result.last_checkpoint}, exiting", info=self.info)
         return stop_now or step >= self.total_steps
+
+    def _check_ranks_agree(self) -> None:
+        """Trainable weights must be identical on every rank (the gradient all-reduce happened); recorded in the run dir."""
+        digest = _digest(self.model.trainable_parameters())
+        digests = dist.all_gather_object(digest)
+        if self.info.is_main:
+            record = {"step": self.position["step"], "trainable_sha256_per_rank": digests}
+            (self.out_dir / "final_state.json").write_text(__import__("json").dumps(record, indent=2))
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"trainable weights differ across ranks after step {self.position['step']}: {digests}")
 
     def _progress_bar(self):
         if not self.info.is_main:
@@ -200,7 +213,7 @@ class _StepAccumulator:
         values = {"loss/total": out.loss, "loss/lm": out.lm_loss, "loss/imagine": out.img_loss, **out.metrics}
         for k, v in values.items():
             if v is not None:
-                self.sums[k] = self.sums.get(k, 0.0) + float(v)
+                self.sums[k] = self.sums.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v)
         for k in self.tokens:
             self.tokens[k] += counts[k]
         self.samples += 1
@@ -232,6 +245,16 @@ class _StepAccumulator:
         }
         self.reset()
         return scalars
+
+
+def _digest(named_params) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(named_params, key=lambda x: x[0]):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _grad_norm(engine) -> float | None:
