@@ -1,0 +1,471 @@
+"""Write a benchmark split into WebDataset tar shards, plus ``sizes.json`` and ``manifest.parquet``.
+
+A process pool decodes items; one writer consumes the results in item order, so the
+shards are byte-identical whatever the number of workers. Items are sorted by sample
+key first, so the scanner's directory-listing order does not leak into the shards.
+
+Every member has the same mtime, owner and mode, so rebuilding gives identical bytes.
+A shard is written to ``<shard>.tar.tmp`` and renamed when complete: a ``.tar`` on disk is
+always a finished shard, which is what ``resume`` relies on.
+
+Manifest: one row per scanned item, ``accepted`` (with the shard it went to and, in
+``reason``, any non-fatal notes such as "no audio stream") or ``rejected`` (with the reason).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import sys
+import tarfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import soundfile as sf
+from tqdm import tqdm
+
+from affectverse_ds.benchmarks import get_benchmark
+from affectverse_ds.benchmarks.base import Benchmark, RawItem
+from affectverse_ds.chat import build_messages, render
+from affectverse_ds.data import schema
+from affectverse_ds.data.media import Clip, DecodeConfig, MediaError, decode_clip
+
+TAR_MTIME = 0  # fixed member metadata: rebuilds are byte-identical
+BLOCK = 512
+
+
+@dataclass(frozen=True)
+class ShardLimits:
+    """When a shard is closed: at ``max_count`` samples, or before a sample would push it past ``max_bytes``."""
+
+    max_count: int = 1000
+    max_bytes: int = 512 * 1024 ** 2
+
+
+@dataclass
+class Encoded:
+    """One item after the worker: its tar members (None when rejected) and its manifest row."""
+
+    key: str
+    members: list[tuple[str, bytes]] | None
+    row: dict
+
+
+@dataclass
+class BuildReport:
+    """Outcome of one benchmark/split build."""
+
+    benchmark: str
+    split: str
+    items: int
+    accepted: int
+    rejected: int
+    shards: list[str]
+
+
+MANIFEST_SCHEMA = pa.schema([
+    ("key", pa.string()), ("benchmark", pa.string()), ("name", pa.string()), ("split", pa.string()),
+    ("status", pa.string()), ("reason", pa.string()), ("shard", pa.string()), ("label", pa.string()),
+    ("duration", pa.float64()), ("frames", pa.int32()), ("audio_seconds", pa.float64()), ("source", pa.string()),
+])
+
+
+# ----------------------------------------------------------------------------- one item (runs in workers)
+
+def encode_item(item: RawItem, bench: Benchmark, root: Path, cfg: DecodeConfig) -> Encoded:
+    """Decode one item and build its tar members and manifest row; never raises for bad media.
+
+    Args:
+        item: the scanned item.
+        bench: its benchmark (question/target templates).
+        root: dataset root; ``source`` paths in the metadata are stored relative to it.
+        cfg: decoding settings.
+
+    Returns:
+        The :class:`Encoded` item (``members`` None when rejected).
+    """
+    key = schema.sample_key(bench.name, item.split, item.name)
+    reason = item.reject
+    if reason is None and item.label is None:
+        reason = "no label"
+    if reason is None and item.video is None:
+        reason = "no video file"
+    if reason is not None:
+        return Encoded(key, None, _row(key, bench, item, "rejected", reason))
+    try:
+        clip = decode_clip(Path(item.video), item.audio, item.segment, item.crop, cfg)
+    except MediaError as err:
+        return Encoded(key, None, _row(key, bench, item, "rejected", str(err), source=_rel(item.video, root)))
+    except Exception as err:  # noqa: BLE001  (an unforeseen decoder failure must not stop a long build)
+        reason = f"decode failed: {type(err).__name__}: {err}"
+        return Encoded(key, None, _row(key, bench, item, "rejected", reason, source=_rel(item.video, root)))
+    meta = build_meta(item, bench, clip, root, cfg)
+    return Encoded(key, sample_members(key, meta, clip, cfg), meta_row(key, meta, shard=None))
+
+
+def build_meta(item: RawItem, bench: Benchmark, clip: Clip, root: Path, cfg: DecodeConfig) -> dict:
+    """The sample's JSON metadata (schema.META_FIELDS plus ``notes``, ``segment``, ``crop``, ``audio_source``)."""
+    has_audio = clip.audio is not None and len(clip.audio) > 0
+    answer = bench.target(item.label)
+    messages = build_messages(bench.question, item.subtitle, answer, has_video=True, has_audio=has_audio)
+    meta = {
+        "benchmark": bench.name, "split": item.split, "name": item.name,
+        "label": item.label.to_json(),
+        "duration": round(clip.duration, 6), "fps": cfg.fps, "n_frames": len(clip.frames),
+        "audio_samples": len(clip.audio) if has_audio else 0, "sample_rate": cfg.sample_rate,
+        "modalities": {"video": True, "audio": has_audio, "text": bool(item.subtitle.strip())},
+        "subtitle": item.subtitle, "question": bench.question, "answer": answer,
+        "messages": messages, "text": render(messages),
+        "source": _rel(item.video, root), "source_sha256": file_sha256(str(item.video)),
+        "synthetic": bench.synthetic, "notes": clip.notes + _subtitle_notes(item),
+        "segment": list(item.segment) if item.segment else None, "crop": item.crop,
+        "audio_source": _rel(item.audio, root) if item.audio is not None else None,
+    }
+    problems = schema.validate_meta(meta)
+    if problems:  # a bug here, not bad input: fail loudly rather than write a sample the loader rejects
+        raise AssertionError(f"{item.name}: metadata breaks the shard contract: {problems}")
+    return meta
+
+
+def _subtitle_notes(item: RawItem) -> list[str]:
+    from affectverse_ds.benchmarks.layouts import subtitle_note  # the scanners' own wording
+
+    note = subtitle_note(item)
+    return [note] if note else []
+
+
+def sample_members(key: str, meta: dict, clip: Clip, cfg: DecodeConfig) -> list[tuple[str, bytes]]:
+    """Tar members of a sample in the order they are written: json, frames, audio."""
+    members = [(f"{key}.{schema.META_EXT}", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode())]
+    members += [(f"{key}.{schema.frame_ext(i)}", jpg) for i, jpg in enumerate(clip.frames)]
+    if meta["modalities"]["audio"]:
+        buf = io.BytesIO()
+        sf.write(buf, clip.audio, cfg.sample_rate, format="FLAC", subtype="PCM_16")
+        members.append((f"{key}.{schema.AUDIO_EXT}", buf.getvalue()))
+    return members
+
+
+def meta_row(key: str, meta: dict, shard: str | None) -> dict:
+    """Manifest row of an accepted sample, from its metadata alone (so ``resume`` can rebuild it from a shard)."""
+    return {
+        "key": key, "benchmark": meta["benchmark"], "name": meta["name"], "split": meta["split"],
+        "status": "accepted", "reason": "; ".join(meta.get("notes") or []), "shard": shard,
+        "label": json.dumps(meta["label"], sort_keys=True), "duration": float(meta["duration"]),
+        "frames": meta["n_frames"], "audio_seconds": meta["audio_samples"] / meta["sample_rate"],
+        "source": meta["source"],
+    }
+
+
+def _row(key, bench, item, status, reason, source=None) -> dict:
+    label = item.label.to_json() if item.label is not None else None
+    return {"key": key, "benchmark": bench.name, "name": item.name, "split": item.split, "status": status,
+            "reason": reason, "shard": None, "label": json.dumps(label, sort_keys=True), "duration": None,
+            "frames": 0, "audio_seconds": 0.0, "source": source}
+
+
+def _rel(path, root: Path) -> str:
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+@lru_cache(maxsize=64)  # IEMOCAP cuts many utterances from one dialog video: hash it once per worker
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file's bytes (cached per process by path, size and mtime)."""
+    st = os.stat(path)
+    return _sha256_cached(path, st.st_size, st.st_mtime_ns)
+
+
+# ----------------------------------------------------------------------------- tar writing
+
+def _tar_size(members: list[tuple[str, bytes]]) -> int:
+    return sum(BLOCK + -(-len(data) // BLOCK) * BLOCK for _, data in members)
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, TAR_MTIME, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+class ShardWriter:
+    """Writes samples into numbered shards, each first as ``.tar.tmp`` then renamed to ``.tar``.
+
+    Args:
+        out: output folder.
+        benchmark, split: shard name parts (``schema.SHARD_PATTERN``).
+        limits: when to start a new shard.
+        first_index: index of the first shard written (``resume`` continues after finished shards).
+    """
+
+    def __init__(self, out: Path, benchmark: str, split: str, limits: ShardLimits, first_index: int = 0):
+        self.out, self.benchmark, self.split, self.limits = Path(out), benchmark, split, limits
+        self.index = first_index
+        self.tar = self.file = None
+        self.count = self.bytes = 0
+        self.sizes: dict[str, int] = {}
+
+    def shard_name(self, index: int) -> str:
+        return schema.SHARD_PATTERN.format(benchmark=self.benchmark, split=self.split, index=index)
+
+    def add(self, members: list[tuple[str, bytes]]) -> str:
+        """Append one sample; returns the shard file name it went to."""
+        size = _tar_size(members)
+        if self.tar is not None and (self.count >= self.limits.max_count
+                                     or self.bytes + size > self.limits.max_bytes):
+            self.close()
+        if self.tar is None:
+            self._open()
+        for name, data in members:
+            self.tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+        self.count += 1
+        self.bytes += size
+        return self.shard_name(self.index)
+
+    def _open(self) -> None:
+        self.file = open(self.out / (self.shard_name(self.index) + ".tmp"), "wb")
+        self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.PAX_FORMAT)
+        self.count = self.bytes = 0
+
+    def close(self) -> None:
+        """Finish the current shard: flush to disk, then rename so it appears complete or not at all."""
+        if self.tar is None:
+            return
+        self.tar.close()
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        name = self.shard_name(self.index)
+        os.replace(self.out / (name + ".tmp"), self.out / name)
+        self.sizes[name] = self.count
+        self.tar = self.file = None
+        self.index += 1
+
+
+# ----------------------------------------------------------------------------- the build
+
+_WORKER: dict = {}
+
+
+def _init_worker(bench_name: str, root: str, cfg: DecodeConfig) -> None:
+    _WORKER.update(bench=get_benchmark(bench_name), root=Path(root), cfg=cfg)
+
+
+def _work(item: RawItem) -> Encoded:
+    return encode_item(item, _WORKER["bench"], _WORKER["root"], _WORKER["cfg"])
+
+
+@contextlib.contextmanager
+def _encoded_stream(items: list[RawItem], bench: Benchmark, root: Path, cfg: DecodeConfig,
+                    workers: int) -> Iterator[Iterable[Encoded]]:
+    """Encoded items in input order, from a process pool (or in-process for one worker)."""
+    if workers <= 1:
+        yield (encode_item(item, bench, root, cfg) for item in items)
+        return
+    # fork: workers inherit the registry and imports, so a pool starts in milliseconds.
+    # ProcessPoolExecutor rather than Pool: a worker killed by a decoder crash fails the build
+    # (BrokenProcessPool; --resume keeps the finished shards) instead of hanging it.
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init_worker,
+                             initargs=(bench.name, str(root), cfg)) as pool:
+        yield pool.map(_work, items)
+
+
+def _dedupe(items: list[RawItem], bench: Benchmark) -> list[RawItem]:
+    """Sort by key; a repeated key becomes a rejected item rather than two samples with one key."""
+    seen: set[str] = set()
+    out = []
+    for item in sorted(items, key=lambda it: schema.sample_key(bench.name, it.split, it.name)):
+        key = schema.sample_key(bench.name, item.split, item.name)
+        if key in seen and item.reject is None:
+            item = RawItem(item.name, item.split, item.label, reject=f"duplicate key {key!r}")
+        seen.add(key)
+        out.append(item)
+    return out
+
+
+def build_split(
+    bench: Benchmark, split: str, items: list[RawItem], root: Path, out: Path, *,
+    workers: int = 1, resume: bool = False, cfg: DecodeConfig = DecodeConfig(),
+    limits: ShardLimits = ShardLimits(), progress: bool = True,
+) -> BuildReport:
+    """Write the shards of one benchmark split from already scanned items.
+
+    Args:
+        bench: the benchmark.
+        split: split name (shard names use it).
+        items: every annotated item of the split (rejected ones included).
+        root: dataset root, for relative ``source`` paths.
+        out: output folder (shared by several benchmark/splits; sizes.json and the manifest are merged).
+        workers: decoding processes.
+        resume: keep finished shards of an interrupted build of the same settings and write the rest.
+        cfg: decoding settings.
+        limits: shard size limits.
+        progress: show a tqdm bar.
+
+    Returns:
+        A :class:`BuildReport`.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    items = _dedupe(items, bench)
+    prefix = f"{bench.name}-{split}-"
+    _check_state(out, prefix, items, bench, split, cfg, limits, resume)
+    done_rows, done_sizes = _finished_shards(out, prefix) if resume else ([], {})
+    done_keys = {row["key"] for row in done_rows}
+    # scanner-rejected items (duplicates of a finished key among them) are redone: they cost nothing
+    todo = [it for it in items
+            if it.reject is not None or schema.sample_key(bench.name, it.split, it.name) not in done_keys]
+    writer = ShardWriter(out, bench.name, split, limits, first_index=len(done_sizes))
+    rows = list(done_rows)
+    with _encoded_stream(todo, bench, root, cfg, workers) as stream:
+        # the bar (and its monitor thread) starts after the pool has forked
+        bar = tqdm(total=len(items), initial=len(done_rows), unit="clip", desc=f"{bench.name}/{split}",
+                   disable=not progress, dynamic_ncols=True,
+                   mininterval=0.1 if sys.stderr.isatty() else 30.0)  # batch logs: a line every 30 s
+        for enc in stream:
+            if enc.members is not None:
+                enc.row["shard"] = writer.add(enc.members)
+            rows.append(enc.row)
+            bar.update(1)
+    writer.close()
+    bar.close()
+    sizes = {**done_sizes, **writer.sizes}
+    _merge_outputs(out, bench.name, split, prefix, rows, sizes)
+    accepted = sum(r["status"] == "accepted" for r in rows)
+    return BuildReport(bench.name, split, len(rows), accepted, len(rows) - accepted, sorted(sizes))
+
+
+def _shard_paths(out: Path, prefix: str, suffix: str) -> list[Path]:
+    return sorted(p for p in out.glob(f"{prefix}*{suffix}") if p.name[len(prefix):-len(suffix)].isdigit())
+
+
+def _check_state(out, prefix, items, bench, split, cfg, limits, resume) -> None:
+    """Record the build settings; refuse to resume a build made with other settings or other items."""
+    for tmp in _shard_paths(out, prefix, ".tar.tmp"):
+        tmp.unlink()  # an interrupted shard: never reused
+    keys = "\n".join(schema.sample_key(bench.name, it.split, it.name) for it in items)
+    state = {"benchmark": bench.name, "split": split, "decode": asdict(cfg), "limits": asdict(limits),
+             "items": len(items), "keys_sha256": hashlib.sha256(keys.encode()).hexdigest()}
+    path = out / f"{prefix[:-1]}.build.json"
+    if resume and path.exists():
+        old = json.loads(path.read_text())
+        if old != state:
+            changed = sorted(k for k in state if old.get(k) != state[k])
+            raise ValueError(f"cannot resume {path.name}: settings or items changed ({', '.join(changed)}); "
+                             f"rebuild without --resume")
+    if not resume:
+        for shard in _shard_paths(out, prefix, ".tar"):
+            shard.unlink()  # stale shards of an earlier build would otherwise be picked up by globs
+    _atomic_write(path, json.dumps(state, indent=1, sort_keys=True).encode())
+
+
+def _finished_shards(out: Path, prefix: str) -> tuple[list[dict], dict[str, int]]:
+    """Manifest rows and sizes of the finished shards, read back from their metadata members."""
+    rows, sizes = [], {}
+    for i, path in enumerate(_shard_paths(out, prefix, ".tar")):
+        if path.name != f"{prefix}{i:06d}.tar":
+            raise ValueError(f"cannot resume: shard {prefix}{i:06d}.tar missing before {path.name}")
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.name.endswith("." + schema.META_EXT):
+                    meta = json.loads(tar.extractfile(member).read())
+                    rows.append(meta_row(member.name[: -len(schema.META_EXT) - 1], meta, path.name))
+        sizes[path.name] = sum(r["shard"] == path.name for r in rows)
+    return rows, sizes
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _merge_outputs(out: Path, benchmark: str, split: str, prefix: str, rows: list[dict],
+                   sizes: dict[str, int]) -> None:
+    """Replace this split's entries in sizes.json and manifest.parquet, under a lock (SLURM array tasks share ``out``)."""
+    with open(out / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sizes_path = out / schema.SIZES_FILE
+        all_sizes = json.loads(sizes_path.read_text()) if sizes_path.exists() else {}
+        all_sizes = {k: v for k, v in all_sizes.items() if not k.startswith(prefix)} | sizes
+        _atomic_write(sizes_path, json.dumps(dict(sorted(all_sizes.items())), indent=1).encode())
+        manifest_path = out / schema.MANIFEST_FILE
+        old = pq.read_table(manifest_path).to_pylist() if manifest_path.exists() else []
+        keep = [r for r in old if (r["benchmark"], r["split"]) != (benchmark, split)]
+        merged = sorted(keep + rows, key=lambda r: (r["benchmark"], r["split"], r["key"]))
+        table = pa.Table.from_pylist(merged, schema=MANIFEST_SCHEMA)
+        tmp = manifest_path.with_name(manifest_path.name + ".tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, manifest_path)
+
+
+# ----------------------------------------------------------------------------- scanning entry points
+
+def split_names(bench: Benchmark) -> list[str]:
+    """Splits a benchmark may have: its train splits, its test split and any listed in ``extra['splits']``."""
+    names = [*bench.train_splits, bench.test_split, *bench.extra.get("splits", ())]
+    return list(dict.fromkeys(names))
+
+
+def build_shards(benchmark: str, layout: str, root: Path, split: str, out: Path, **kwargs) -> BuildReport:
+    """Scan one benchmark split in its on-disk layout and write its shards (kwargs: see :func:`build_split`).
+
+    Args:
+        benchmark: registry name.
+        layout: ``unibench`` or ``official`` (a key of ``Benchmark.scanners``).
+        root: dataset root as the scanner expects it.
+        split: split name.
+        out: output folder.
+
+    Returns:
+        A :class:`BuildReport`.
+    """
+    bench = get_benchmark(benchmark)
+    if layout not in bench.scanners:
+        raise KeyError(f"{benchmark} has no scanner for layout {layout!r} (has {', '.join(bench.scanners) or 'none'})")
+    items = bench.scanners[layout](Path(root), split)
+    return build_split(bench, split, items, Path(root), Path(out), **kwargs)
+
+
+def build_all(layout: str, root: Path, out: Path, **kwargs) -> list[BuildReport]:
+    """Build every benchmark split whose scanner finds items under ``root``.
+
+    A split is "found" when its scanner returns items; a scanner that raises
+    FileNotFoundError/KeyError/ValueError for a missing benchmark or split is skipped.
+    """
+    from affectverse_ds.benchmarks import REGISTRY
+
+    reports = []
+    for name in sorted(REGISTRY):
+        bench = REGISTRY[name]
+        if layout not in bench.scanners:
+            continue
+        for split in split_names(bench):
+            try:
+                items = bench.scanners[layout](Path(root), split)
+            except (FileNotFoundError, KeyError, ValueError):
+                continue
+            if items:
+                reports.append(build_split(bench, split, items, Path(root), Path(out), **kwargs))
+    return reports

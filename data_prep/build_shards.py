@@ -1,0 +1,59 @@
+"""Build WebDataset shards of one benchmark split (or of every split found with --all).
+
+    python -m data_prep.build_shards --benchmark meld --layout unibench --root DATA --split test --out SHARDS --workers 8
+    python -m data_prep.build_shards --all --layout unibench --root DATA --out SHARDS --workers 8
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from affectverse_ds.data.media import DecodeConfig
+from affectverse_ds.data.shards import ShardLimits, build_all, build_shards
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--benchmark", help="registry name (not with --all)")
+    p.add_argument("--layout", required=True, choices=["unibench", "official"])
+    p.add_argument("--root", required=True, help="dataset root, as the benchmark's scanner expects it")
+    p.add_argument("--split", help="split name (not with --all)")
+    p.add_argument("--out", required=True, help="output folder for shards, sizes.json and manifest.parquet")
+    p.add_argument("--workers", type=int, default=1, help="decoding processes (one decoder thread each)")
+    p.add_argument("--resume", action="store_true", help="keep finished shards of an interrupted build")
+    p.add_argument("--all", action="store_true", help="every benchmark and split found under --root")
+    p.add_argument("--max-duration", type=float, default=DecodeConfig.max_duration, help="seconds kept per clip")
+    p.add_argument("--center-crop", action="store_true", help="centre square crop instead of direct resize")
+    p.add_argument("--shard-max-count", type=int, default=ShardLimits.max_count)
+    p.add_argument("--shard-max-bytes", type=int, default=ShardLimits.max_bytes)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (batch logs)")
+    args = p.parse_args(argv)
+    if args.all == bool(args.benchmark or args.split):
+        p.error("give either --all or both --benchmark and --split")
+    if not args.all and not (args.benchmark and args.split):
+        p.error("--benchmark and --split go together")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    kwargs = dict(
+        workers=args.workers, resume=args.resume, progress=not args.no_progress,
+        cfg=DecodeConfig(max_duration=args.max_duration, center_crop=args.center_crop),
+        limits=ShardLimits(max_count=args.shard_max_count, max_bytes=args.shard_max_bytes),
+    )
+    if args.all:
+        reports = build_all(args.layout, args.root, args.out, **kwargs)
+    else:
+        reports = [build_shards(args.benchmark, args.layout, args.root, args.split, args.out, **kwargs)]
+    for r in reports:
+        print(f"{r.benchmark}/{r.split}: {r.items} items, {r.accepted} accepted, {r.rejected} rejected, "
+              f"{len(r.shards)} shards")
+    if not reports:
+        print(f"no benchmark split found under {args.root} for layout {args.layout}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
