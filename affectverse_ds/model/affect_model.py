@@ -474,27 +474,93 @@ class AffectVerseModel(nn.Module):
         """Log-likelihood of each candidate answer (token ids, e.g. the label words + ``<|im_end|>``) per sample.
 
         Returns (B, C) float32 sums of token log-probabilities (divide by ``len(candidates[c])`` to normalise).
+
+        Two decoder calls whatever C: the prompt (prepared as for ``generate``, belief tokens injected) followed
+        by the tokens every candidate starts with (e.g. "The character's emotional state is"), once per sample;
+        then the KV cache repeated per candidate and all candidate suffixes in one right-padded, masked pass.
+        The cache grows C-fold for that pass (B*C rows of the prompt's keys and values).
         """
-        prep, last, cache, next_pos = self._prefill(batch, kappa)
-        first = F.log_softmax(self.core.lm_head(last).float(), dim=-1)  # (B, V)
-        mask0 = prep.attention_mask
-        b, dev = mask0.shape[0], mask0.device
-        scores = torch.zeros(b, len(candidates), device=dev)
-        for c, toks in enumerate(candidates):
-            t = torch.tensor(toks, device=dev)
-            scores[:, c] = first[:, t[0]]
-            if len(toks) > 1:
-                inp = t[:-1][None].expand(b, -1)
-                mask = torch.cat([mask0, mask0.new_ones(b, inp.shape[1])], dim=1)
-                hidden, cache = self._step(inp, mask, next_pos, cache)
-                logp = F.log_softmax(self.core.lm_head(hidden).float(), dim=-1)  # (B, n, V)
-                scores[:, c] += logp.gather(-1, t[1:][None, :, None].expand(b, -1, 1)).squeeze(-1).sum(-1)
-                cache.crop(-inp.shape[1])  # back to the prompt for the next candidate
+        if any(len(t) == 0 for t in candidates):
+            raise ValueError("score_candidates: every candidate needs at least one token")
+        if not candidates:
+            return torch.zeros(batch["attention_mask"].shape[0], 0, device=batch["attention_mask"].device)
+        # input j of a candidate is its token j, whose state predicts token j + 1; the first n_shared inputs
+        # are the same for every candidate, so their states are computed once per sample
+        n_shared = min(_common_prefix(candidates), max(len(t) for t in candidates) - 1)
+        head, cache, mask, next_pos = self._prefill_shared(batch, kappa, candidates[0][:n_shared])
+        b, dev, c = head.shape[0], head.device, len(candidates)
+        # head[:, i] (i = 0 .. n_shared) predicts token i of every candidate long enough
+        tgt = torch.zeros(n_shared + 1, c, dtype=torch.long)
+        valid = torch.zeros(n_shared + 1, c, dtype=torch.bool)
+        for k, toks in enumerate(candidates):
+            m = min(n_shared + 1, len(toks))
+            tgt[:m, k], valid[:m, k] = torch.tensor(toks[:m], dtype=torch.long), True
+        rest = [k for k, t in enumerate(candidates) if len(t) - 1 > n_shared]
+        logp = F.log_softmax(self.core.lm_head(head).float(), dim=-1)  # (B, n_shared + 1, V)
+        picked = logp.gather(-1, tgt.to(dev)[None].expand(b, -1, -1))
+        scores = (picked * valid.to(dev)[None]).sum(1)  # (B, C)
+        if rest:
+            tail, tail_tgt, tail_valid = self._suffix_states(cache, mask, next_pos,
+                                                             [candidates[k][n_shared:] for k in rest])
+            logp = F.log_softmax(self.core.lm_head(tail[tail_valid]).float(), dim=-1)
+            tok = logp.gather(-1, tail_tgt[tail_valid][:, None]).squeeze(-1)
+            row = torch.arange(tail.shape[0], device=dev)[:, None].expand_as(tail_valid)[tail_valid]
+            scores[:, rest] += tok.new_zeros(tail.shape[0]).index_add(0, row, tok).view(b, len(rest))
         return scores
+
+    def _prefill_shared(self, batch: dict, kappa: float, shared: list[int]):
+        """The prompt (as ``_prefill``) with ``shared`` token ids appended, in one decoder call.
+
+        Returns the states of the prompt's last token and of the appended tokens (B, 1 + n, d), the cache,
+        its attention mask (B, L' + n) and the next position id per sample (B,).
+        """
+        prep = self.prepare_inputs(batch, kappa, for_generation=True)
+        x, mask, pos = prep.inputs_embeds, prep.attention_mask, prep.position_ids
+        b, n = mask.shape[0], len(shared)
+        next_pos = pos.masked_fill(mask[None] == 0, -1).amax(dim=(0, 2)) + 1  # (B,) as in _prefill
+        if n:
+            ids = torch.tensor(shared, device=x.device)
+            x = torch.cat([x, self.core.model.get_input_embeddings()(ids)[None].expand(b, -1, -1).to(x.dtype)], 1)
+            mask = torch.cat([mask, mask.new_ones(b, n)], dim=1)
+            extra = next_pos[:, None] + torch.arange(n, device=x.device)[None]
+            pos = torch.cat([pos, extra[None].expand(3, -1, -1)], dim=2)
+        hidden, cache = self._decoder(x, mask, pos, cache=_new_cache())
+        # contiguous: lm_head on the strided view is several times slower (CPU)
+        return hidden[:, -(n + 1):].contiguous(), cache, mask, next_pos + n
+
+    def _suffix_states(self, cache, mask: torch.Tensor, next_pos: torch.Tensor, suffixes: list[list[int]]):
+        """Feed each of the K ``suffix[:-1]`` after the cache of every sample, all in one decoder call.
+
+        The cache (B rows) is repeated to B*K rows (sample-major, in place) and the suffixes right-padded to
+        the longest; padding is masked out and, coming after every real token, never seen by one (causal).
+        Returns states (B*K, n, d), their targets ``suffix[1:]`` (B*K, n) and the real positions (B*K, n).
+        """
+        b, k, dev = mask.shape[0], len(suffixes), mask.device
+        n = max(len(t) for t in suffixes) - 1
+        inp = torch.full((k, n), PAD_TOKEN_ID, dtype=torch.long)
+        tgt = torch.zeros(k, n, dtype=torch.long)
+        valid = torch.zeros(k, n, dtype=torch.bool)
+        for j, toks in enumerate(suffixes):
+            m = len(toks) - 1
+            inp[j, :m], tgt[j, :m], valid[j, :m] = torch.tensor(toks[:-1]), torch.tensor(toks[1:]), True
+        inp, tgt, valid = (t.to(dev).repeat(b, 1) for t in (inp, tgt, valid))  # (B*K, n)
+        cache.batch_repeat_interleave(k)
+        full_mask = torch.cat([mask.repeat_interleave(k, dim=0), valid.to(mask.dtype)], dim=1)
+        hidden, _ = self._step(inp, full_mask, next_pos.repeat_interleave(k), cache)
+        return hidden, tgt, valid
 
 
 def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.cpu() if t is not None else None
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    """Length of the longest token prefix all sequences share."""
+    n = min(len(t) for t in seqs)
+    for i in range(n):
+        if any(t[i] != seqs[0][i] for t in seqs):
+            return i
+    return n
 
 
 def _new_cache():

@@ -159,3 +159,73 @@ def test_export_hooks_and_imagination_trace(tiny_cfg, batch_maker, tmp_path):
     assert trace.imagined[0].shape == (3, 3, 4, 64)
     assert torch.isfinite(trace.imagined[1]).all()
     assert build_model(tiny_cfg("ewm.enabled=false"), "cpu").ewm_state_dict() == {}
+
+
+def _naive_scores(model, batch, candidates, kappa=1.0):
+    """Reference for score_candidates: a fresh prefill per candidate, then the whole candidate teacher-forced."""
+    import torch.nn.functional as F
+
+    cols = []
+    with torch.no_grad():
+        for toks in candidates:
+            prep, last, cache, next_pos = model._prefill(batch, kappa)
+            t = torch.tensor(toks)
+            score = F.log_softmax(model.core.lm_head(last).float(), -1)[:, t[0]]
+            if len(toks) > 1:
+                b = last.shape[0]
+                mask = torch.cat([prep.attention_mask, prep.attention_mask.new_ones(b, len(toks) - 1)], dim=1)
+                hidden, _ = model._step(t[:-1][None].expand(b, -1), mask, next_pos, cache)
+                logp = F.log_softmax(model.core.lm_head(hidden).float(), -1)
+                score = score + logp.gather(-1, t[1:][None, :, None].expand(b, -1, 1)).squeeze(-1).sum(-1)
+            cols.append(score)
+    return torch.stack(cols, dim=1)
+
+
+@pytest.mark.parametrize("kind", ["shared_prefix", "no_common_prefix", "prefix_of_another", "single_tokens"])
+def test_batched_candidate_scoring_equals_naive_per_candidate_scoring(tiny_cfg, batch_maker, tiny_backbone_dir,
+                                                                      kind):
+    """Prompt + common prefix once, all suffixes in one padded pass == a fresh prefill and pass per candidate."""
+    from affectverse_ds.model.backbone import load_tokenizer
+
+    tok = load_tokenizer(tiny_backbone_dir)
+    enc = lambda text: tok(text, add_special_tokens=False).input_ids + [IM_END_ID]  # noqa: E731
+    candidates = {
+        # MELD-like: a long shared sentence, label words of different token lengths
+        "shared_prefix": [enc(f"The character's emotional state is {w}.") for w in
+                          ("anger", "joy", "sadness", "neutral", "disgust", "fear", "surprise", "bewilderment")],
+        # nothing shared, lengths 1 .. 8
+        "no_common_prefix": [[IM_END_ID], enc("happy"), enc("Sad, really sad."), enc("It is anger"),
+                             enc("neutral face, calm voice and no words at all")],
+        # one candidate is the shared prefix itself; duplicates allowed
+        "prefix_of_another": [enc("The sentiment is")[:2], enc("The sentiment is positive."),
+                              enc("The sentiment is positive."), enc("The sentiment")[:1]],
+        "single_tokens": [[IM_END_ID], enc("happy")[:1], enc("sad")[:1]],
+    }[kind]
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(), "cpu").eval()
+    _nonzero_lora_b(model)
+    batch = batch_maker.make([dict(video=4, audio=60), dict(video=0, audio=30), dict(video=2, audio=0, subtitle=None),
+                              dict(video=0, audio=0)])
+    for kappa in (1.0, 0.5):
+        fast = model.score_candidates(batch, candidates, kappa=kappa)
+        ref = _naive_scores(model, batch, candidates, kappa)
+        assert fast.shape == (4, len(candidates)) and fast.dtype == torch.float32
+        torch.testing.assert_close(fast, ref, atol=1e-4, rtol=0)
+        assert torch.equal(fast.argmax(1), ref.argmax(1))
+
+
+def test_batched_candidate_scoring_calls_the_decoder_twice(tiny_cfg, batch_maker):
+    """Prompt + shared prefix, then all suffixes: the decoder call count does not grow with the number of candidates."""
+    model = build_model(tiny_cfg("ewm.belief=none", "ewm.lambda_img=0"), "cpu").eval()
+    batch = batch_maker.make([dict(video=2, audio=30), dict(video=0, audio=0)])
+    calls = []
+    handle = model.core.model.language_model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        for n in (2, 7):
+            calls.clear()
+            model.score_candidates(batch, [[785, 3668, 594, 1000 + c, 13, IM_END_ID] for c in range(n)])
+            assert len(calls) == 2
+    finally:
+        handle.remove()
+    with pytest.raises(ValueError):
+        model.score_candidates(batch, [[785], []])
