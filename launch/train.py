@@ -10,6 +10,8 @@ import argparse
 import sys
 
 from affectverse_ds.config import ConfigError, load_config
+from affectverse_ds.data.loader import LoaderError
+from affectverse_ds.model.backbone import BackboneError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         from affectverse_ds.train.loop import Trainer
 
         result = Trainer(cfg, args.ds, resume=args.resume).train()
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, BackboneError, LoaderError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if result.stopped_by_signal:

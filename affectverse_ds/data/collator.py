@@ -13,14 +13,12 @@ short audio count silently mis-aligns features), so both are checked here.
 from __future__ import annotations
 
 import copy
-import io
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from affectverse_ds.chat import ASSISTANT_PREFIX, render
 from affectverse_ds.config import DataConfig
@@ -152,7 +150,8 @@ class SampleEncoder:
                 f"expected {int(use_video)} and {int(use_audio)}"
             )
         n_text = len(prompt_ids) - n_video_ph - n_audio_ph + len(answer_ids)
-        frame_hw = _jpeg_size(sample.frames[0]) if use_video else (self.data.frame_size, self.data.frame_size)
+        # frames enter the model at data.frame_size (shards store 224 px; the tiny preset uses less)
+        frame_hw = (self.data.frame_size, self.data.frame_size)
         plan = processing.plan_budget(
             n_text,
             len(sample.frames) if use_video else 0,
@@ -167,9 +166,7 @@ class SampleEncoder:
 
         pixel_values = grid = None
         if use_video:
-            frames = processing.decode_frames(sample.frames, plan.frame_indices)
-            if frames.shape[1:3] != frame_hw:
-                raise SampleError(f"{meta['name']}: frames differ in size ({frames.shape[1:3]} vs {frame_hw})")
+            frames = processing.decode_frames(sample.frames, plan.frame_indices, size=self.data.frame_size)
             pixel_values, grid = processing.patchify_frames(frames)
         features = None
         if use_audio:
@@ -206,13 +203,6 @@ class SampleEncoder:
         if len(answer_ids) < 3 or answer_ids[-2] != IM_END_ID:
             raise SampleError(f"{meta['name']}: answer turn does not tokenise to <answer> <|im_end|> \\n")
         return prompt_ids, answer_ids
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int]:
-    """(height, width) from the JPEG header alone."""
-    with Image.open(io.BytesIO(data)) as im:
-        width, height = im.size
-    return height, width
 
 
 def _expand_placeholders(

@@ -33,17 +33,25 @@ PATCH_DIM = 3 * TEMPORAL_PATCH_SIZE * PATCH_SIZE * PATCH_SIZE  # 1176
 # ----------------------------------------------------------------------------- video
 
 
-def decode_frames(jpegs: list[bytes], indices: list[int] | np.ndarray | None = None) -> np.ndarray:
-    """Decode the JPEG frames at ``indices`` (all when None) into a (T, H, W, 3) uint8 array."""
+def decode_frames(jpegs: list[bytes], indices: list[int] | np.ndarray | None = None,
+                  size: int | None = None) -> np.ndarray:
+    """Decode the JPEG frames at ``indices`` (all when None) into a (T, H, W, 3) uint8 array.
+
+    ``size``: resize each frame to size x size (``data.frame_size``) when the shards hold another
+    size; shards keep the paper's 224 px, and a smaller model input (the tiny preset) is made here.
+    """
     picked = jpegs if indices is None else [jpegs[i] for i in indices]
     out = None
     for i, data in enumerate(picked):
         with Image.open(io.BytesIO(data)) as im:
+            im = im if im.mode == "RGB" else im.convert("RGB")
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BILINEAR)
             if out is None:
                 out = np.empty((len(picked), im.height, im.width, 3), dtype=np.uint8)
             if im.size != (out.shape[2], out.shape[1]):
                 raise ValueError(f"frame {i} is {im.width}x{im.height}, frame 0 is {out.shape[2]}x{out.shape[1]}")
-            out[i] = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+            out[i] = np.asarray(im)
     if out is None:
         raise ValueError("no frames to decode")
     return out

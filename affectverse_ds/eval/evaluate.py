@@ -85,6 +85,9 @@ def resolve_checkpoint(path: str | Path) -> CheckpointRef:
                                 f"or export/config.yaml)")
     if export.name == EXPORT_DIR and STEP_RE.match(export.parent.name):
         label = export.parent.name
+        run = export.parent.parent
+        if run.name == "checkpoints" and run.parent.name:
+            label = f"{run.parent.name}@{label}"  # runs/demo/ewm/checkpoints/step_N -> ewm@step_N
     elif export.name == EXPORT_DIR:
         label = export.parent.name or EXPORT_DIR
     else:

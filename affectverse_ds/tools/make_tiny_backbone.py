@@ -48,6 +48,12 @@ PREPROCESSOR_CONFIG = {
 }
 
 
+# The output projection of the tiny thinker is drawn wider than initializer_range (0.02): with hidden size 64
+# and std 0.02 the largest reachable logit is about 1.3, so no answer token could ever pass probability 1e-4
+# over the 152k vocabulary and LoRA training could not show learning. std 0.32 gives the logits a usable range.
+LM_HEAD_STD = 0.32
+
+
 def tiny_thinker_config() -> Qwen2_5OmniThinkerConfig:
     """Text hidden 64 (4 heads of 16, mrope 2+3+3 = 16/2), 2 layers; audio and vision towers of width 32."""
     return Qwen2_5OmniThinkerConfig(
@@ -104,6 +110,8 @@ def make_tiny_backbone(out: str | Path, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = Thinker(tiny_thinker_config())
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, LM_HEAD_STD)
     model.save_pretrained(out)
     build_tokenizer().save_pretrained(out)
     (out / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG, indent=2))

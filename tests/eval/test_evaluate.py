@@ -2,6 +2,8 @@
 checkpoint loading, the work split over ranks, Table 8's statistics, and unreadable media counted."""
 from __future__ import annotations
 
+import shutil
+
 import importlib.util
 import json
 import math
@@ -94,6 +96,10 @@ def test_resolve_checkpoint_accepts_step_and_export_folders(setup, tmp_path):
     assert ev.resolve_checkpoint(step / "export") == ev.CheckpointRef("step_000010", step / "export")
     with pytest.raises(FileNotFoundError):
         ev.resolve_checkpoint(tmp_path)
+    # checkpoints of a training run are labelled with the run's folder, so two runs never collide
+    run_step = tmp_path / "runs" / "ewm" / "checkpoints" / "step_000010"
+    shutil.copytree(step, run_step)
+    assert ev.resolve_checkpoint(run_step).label == "ewm@step_000010"
 
 
 def test_load_trained_weights_restores_the_export(setup):
