@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all venv clean
+.PHONY: demo test test-fast venv clean
 
 # torch first: `torch==2.13.0` takes the local CPU build, so the range in requirements.txt pulls nothing more.
 # torchvision is never installed (its wheel breaks against the CPU torch and then `import peft` fails).
@@ -19,11 +19,13 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 venv: $(STAMP)
 
+# everything, the multi-rank DeepSpeed/torchrun runs, the Slurm scripts and the shortened demo included
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(VPY) -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false $(VPY) -m pytest -q
 
-test-all: $(STAMP)
-	OMP_NUM_THREADS=1 $(VPY) -m pytest -q
+# without the tests marked slow
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false $(VPY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)
 	$(VPY) -m affectverse_ds.demo

@@ -40,6 +40,10 @@ class DataConfig:
     max_seq_len: int = 1024
     max_audio_seconds: float = 30.0  # Whisper's window; longer audio is capped by the token budget
     min_frames: int = 2  # one temporal patch of the vision tower
+    # training only: this fraction of A+V samples loses video or audio (half each) from the LLM input, so the
+    # A+T / V+T evaluation settings are not inputs the model never saw (the paper's modality dropout acts on
+    # the EWM only; this is its input-side counterpart, off in the paper preset)
+    input_modality_dropout: float = 0.0
     num_workers: int = 2
     shuffle_buffer: int = 200
     system_prompt: str = "You are an emotion recognition assistant"
@@ -288,6 +292,7 @@ def validate(cfg: AffectVerseConfig) -> None:
     _check(t.epochs >= 1 or t.max_steps > 0, "train.epochs", "must be >= 1 unless max_steps is set")
     _check(t.keep_last >= 1, "train.keep_last", "must be >= 1")
     _check(d.max_seq_len >= 64, "data.max_seq_len", "must be >= 64")
+    _check(0.0 <= d.input_modality_dropout <= 1.0, "data.input_modality_dropout", "must be in [0, 1]")
     _check(d.fps > 0 and d.frame_size % 28 == 0, "data.frame_size",
            "must be a multiple of 28 (patch 14 x merge 2)")
     _check(all(w > 0 for w in d.train_benchmarks.values()), "data.train_benchmarks", "weights must be > 0")

@@ -12,6 +12,8 @@ short audio count silently mis-aligns features), so both are checked here.
 """
 from __future__ import annotations
 
+import hashlib
+
 import copy
 import logging
 from dataclasses import dataclass, field
@@ -119,27 +121,45 @@ class SampleEncoder:
         setting: evaluation setting (``SETTINGS``); training uses ``"avt"``.
     """
 
-    def __init__(self, tokenizer, extractor, data: DataConfig, setting: str = "avt"):
+    def __init__(self, tokenizer, extractor, data: DataConfig, setting: str = "avt",
+                 input_modality_dropout: float = 0.0, seed: int = 0):
         if setting not in SETTINGS:
             raise ValueError(f"unknown setting {setting!r}; known: {', '.join(SETTINGS)}")
         self.tokenizer = tokenizer
         self.extractor = extractor
         self.data = data
         self.setting = setting
+        self.input_modality_dropout = input_modality_dropout
+        self.seed = seed
+
+    def setting_for(self, meta: dict[str, Any]) -> str:
+        """The sample's setting: ``self.setting``, or in training with input modality dropout, A+T or V+T
+        for a fraction of A+V samples, drawn from (seed, sample key) so resumed runs see the same inputs."""
+        mods = meta.get("modalities", {})
+        if self.input_modality_dropout <= 0 or self.setting != "avt" or not (mods.get("video") and mods.get("audio")):
+            return self.setting
+        digest = hashlib.sha256(f"{self.seed}:{meta.get('benchmark')}:{meta.get('split')}:{meta['name']}".encode())
+        u = int.from_bytes(digest.digest()[:8], "little") / 2**64
+        if u < self.input_modality_dropout / 2:
+            return "at"
+        if u < self.input_modality_dropout:
+            return "vt"
+        return self.setting
 
     def _tokens(self, text: str) -> np.ndarray:
         return np.asarray(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
 
     def __call__(self, sample: DecodedSample) -> EncodedSample:
         meta = sample.meta
-        text, use_video, use_audio = setting_prompt(meta, self.setting)
+        setting = self.setting_for(meta)
+        text, use_video, use_audio = setting_prompt(meta, setting)
         if use_video and not sample.frames:
             raise SampleError(f"{meta['name']}: modalities.video is set but the sample has no frames")
         if use_audio and (sample.audio is None or sample.audio.size == 0):
             raise SampleError(f"{meta['name']}: modalities.audio is set but the sample has no audio")
         if use_audio and processing.audio_output_length(processing.audio_feature_length(sample.audio.size)) < 1:
             use_audio = False  # a few milliseconds of sound make no audio token: treat it as missing
-            text = _render_with(meta, use_video, False, SETTINGS[self.setting][2])
+            text = _render_with(meta, use_video, False, SETTINGS[setting][2])
 
         prompt_ids, answer_ids = self._split_tokens(text, meta)
         n_video_ph = int((prompt_ids == VIDEO_TOKEN_ID).sum())
@@ -180,7 +200,7 @@ class SampleEncoder:
 
         out_meta = {k: v for k, v in meta.items() if k not in _META_DROP}
         out_meta.update(
-            setting=self.setting, reduced=plan.reduced, over_budget=plan.over_budget,
+            setting=setting, reduced=plan.reduced, over_budget=plan.over_budget,
             frames_kept=len(plan.frame_indices), audio_samples_kept=plan.audio_samples if use_audio else 0,
         )
         return EncodedSample(

@@ -376,7 +376,8 @@ def build_train_loader(
     plan = train_plan(cfg, world)
     if not 0 <= start_batch <= plan.steps_per_epoch:
         raise LoaderError(f"start_batch {start_batch} is outside 0..{plan.steps_per_epoch}")
-    encoder = SampleEncoder(tokenizer, extractor or _extractor(cfg), cfg.data, "avt")
+    encoder = SampleEncoder(tokenizer, extractor or _extractor(cfg), cfg.data, "avt",
+                            input_modality_dropout=cfg.data.input_modality_dropout, seed=cfg.train.seed * 1000 + epoch)
     stream = _TrainStream(
         plan, encoder, seed=cfg.train.seed, epoch=epoch, rank=rank, world=world,
         micro_batch=cfg.train.micro_batch, shuffle_buffer=cfg.data.shuffle_buffer, start_batch=start_batch,

@@ -171,3 +171,24 @@ def test_wrong_answer_in_text_is_rejected(tokenizer, extractor, make_record):
     sample = dataclasses.replace(sample, meta={**sample.meta, "answer": "something else"})
     with pytest.raises(SampleError, match="not the answer"):
         SampleEncoder(tokenizer, extractor, DataConfig())(sample)
+
+
+def test_input_modality_dropout_is_seeded_per_sample_and_off_by_default():
+    from affectverse_ds.config import DataConfig
+    from affectverse_ds.data.collator import SampleEncoder
+
+    metas = [{"benchmark": "meld", "split": "train", "name": f"s{i}", "modalities": {"video": True, "audio": True}}
+             for i in range(400)]
+    off = SampleEncoder(None, None, DataConfig(), "avt")
+    assert {off.setting_for(m) for m in metas} == {"avt"}
+    on = SampleEncoder(None, None, DataConfig(), "avt", input_modality_dropout=0.5, seed=7)
+    settings = [on.setting_for(m) for m in metas]
+    assert settings == [SampleEncoder(None, None, DataConfig(), "avt", 0.5, seed=7).setting_for(m) for m in metas]
+    counts = {s: settings.count(s) for s in ("avt", "at", "vt")}
+    assert 150 < counts["avt"] < 250 and 50 < counts["at"] < 150 and 50 < counts["vt"] < 150, counts
+    other_epoch = [SampleEncoder(None, None, DataConfig(), "avt", 0.5, seed=8).setting_for(m) for m in metas]
+    assert other_epoch != settings
+    # samples lacking a modality, and evaluation settings, are never changed
+    audio_only = {**metas[0], "modalities": {"video": False, "audio": True}}
+    assert on.setting_for(audio_only) == "avt"
+    assert SampleEncoder(None, None, DataConfig(), "vt", 0.5).setting_for(metas[0]) == "vt"
