@@ -6,6 +6,8 @@ here divides again. Every rank runs the same number of micro-batches per epoch
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import signal
 import time
 from dataclasses import dataclass, field
@@ -85,7 +87,7 @@ class Trainer:
         self.start_step = self.position["step"]
         if self.info.is_main:
             dump_config(cfg, self.out_dir / "config.yaml")
-            (self.out_dir / "ds_config.json").write_text(__import__("json").dumps(self.ds_config, indent=2))
+            (self.out_dir / "ds_config.json").write_text(json.dumps(self.ds_config, indent=2))
 
     # ------------------------------------------------------------------ resume / save
 
@@ -150,11 +152,10 @@ class Trainer:
 
     def _micro_step(self, batch, acc: "_StepAccumulator") -> None:
         meta_free = to_device({k: v for k, v in batch.items() if k != "meta"}, self.device)
-        t0 = time.perf_counter()
         out = self.engine(meta_free, generator=self.generator)
         self.engine.backward(out.loss)
         self.engine.step()
-        acc.add(out, _token_counts(batch), time.perf_counter() - t0)
+        acc.add(out, _token_counts(batch))
 
     def _after_step(self, stop: _StopFlag, result: TrainResult) -> bool:
         """Checkpointing and the stop conditions at an optimizer-step boundary; True ends the run."""
@@ -165,7 +166,8 @@ class Trainer:
             result.last_checkpoint = self._save()
         if stop_now:
             result.stopped_by_signal = True
-            dist.print0(f"stop requested: saved {result.last_checkpoint}, exiting", info=self.info)
+            dist.print0(f"stopping at step {step} (signal or train.stop_after_steps): saved {result.last_checkpoint}",
+                        info=self.info)
         return stop_now or step >= self.total_steps
 
     def _check_ranks_agree(self) -> None:
@@ -174,7 +176,7 @@ class Trainer:
         digests = dist.all_gather_object(digest)
         if self.info.is_main:
             record = {"step": self.position["step"], "trainable_sha256_per_rank": digests}
-            (self.out_dir / "final_state.json").write_text(__import__("json").dumps(record, indent=2))
+            (self.out_dir / "final_state.json").write_text(json.dumps(record, indent=2))
         if len(set(digests)) != 1:
             raise RuntimeError(f"trainable weights differ across ranks after step {self.position['step']}: {digests}")
 
@@ -208,7 +210,7 @@ class _StepAccumulator:
         self.samples = 0
         self.t0 = time.perf_counter()
 
-    def add(self, out, counts: dict[str, int], _seconds: float) -> None:
+    def add(self, out, counts: dict[str, int]) -> None:
         self.micro += 1
         values = {"loss/total": out.loss, "loss/lm": out.lm_loss, "loss/imagine": out.img_loss, **out.metrics}
         for k, v in values.items():
@@ -248,8 +250,6 @@ class _StepAccumulator:
 
 
 def _digest(named_params) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for name, p in sorted(named_params, key=lambda x: x[0]):
         h.update(name.encode())

@@ -51,6 +51,11 @@ def deepspeed_cmd(*args: str, port: int) -> list[str]:
             "--ds", "ds_configs/zero2.json", "--config", "launch/configs/tiny.yaml", *args]
 
 
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
 def losses(run_dir: Path) -> dict[int, float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss/total"] for r in rows}
@@ -157,3 +162,38 @@ def test_export_loads_with_peft_and_matches_the_trained_weights(full_run, tiny_b
     assert torch.allclose(a.logits, b.logits, atol=1e-5), (a.logits - b.logits).abs().max()
     lora_b = [p for n, p in live.thinker.named_parameters() if "lora_B" in n]
     assert any(p.abs().sum() > 0 for p in lora_b)  # training moved LoRA away from its zero init
+
+
+def test_sigusr1_saves_at_the_next_step_and_exits_cleanly(shards, tiny_backbone_dir, tmp_path):
+    """SLURM's --signal=USR1@T reaches every rank: they agree on a step, checkpoint it and exit 0."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    args = _overrides(shards, tiny_backbone_dir, run)
+    args = [a for a in args if not a.startswith(("train.max_steps", "train.save_every"))]
+    cmd = deepspeed_cmd(*args, "train.max_steps=400", "train.save_every=1000", port=29615)
+    with open(tmp_path / "log.txt", "w") as log:
+        # a session of its own, so a failure can end the ranks too (they would otherwise hold the port)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline and proc.poll() is None and not (run / "metrics.jsonl").is_file():
+                time.sleep(1)
+            assert (run / "metrics.jsonl").is_file(), "training never started"
+            # deepspeed runner -> deepspeed.launcher.launch -> the two ranks (their loader workers are grandchildren)
+            launcher = _children(proc.pid)
+            ranks = _children(launcher[0]) if len(launcher) == 1 else []
+            assert len(ranks) == 2, (launcher, ranks)
+            for pid in ranks:
+                os.kill(pid, signal.SIGUSR1)
+            code = proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 0, (tmp_path / "log.txt").read_text()[-3000:]
+    steps = sorted(losses(run))
+    assert 1 <= steps[-1] < 400
+    saved = sorted((run / "checkpoints").glob("step_*"))
+    assert [p.name for p in saved] == [f"step_{steps[-1]:06d}"] and (saved[0] / "COMPLETE").is_file()
