@@ -39,8 +39,11 @@ def _run(cmd: list[str], log: Path) -> None:
         raise SystemExit(f"stage failed (exit {code}); last lines of {log}:\n{tail}")
 
 
-def prepare_data(art: Path, n_train: int, n_test: int, seed: int) -> Path:
-    """Tiny backbone, affectdyn clips and their shards (each skipped when already there)."""
+def prepare_data(art: Path, n_train: int, n_test: int, seed: int) -> tuple[Path, Path]:
+    """Tiny backbone, affectdyn clips and their shards (each skipped when already there).
+
+    Returns (the processed-layout folder of the clips, the shard folder).
+    """
     from affectverse_ds.data.shards import ShardLimits, build_shards
     from affectverse_ds.tools.make_tiny_backbone import make_tiny_backbone
     from data_prep.make_affectdyn import make_affectdyn
@@ -59,7 +62,7 @@ def prepare_data(art: Path, n_train: int, n_test: int, seed: int) -> Path:
                               limits=ShardLimits(max_count=max(4, n_train // 10)), progress=False)
         print(f"shards: affectdyn/{split}: {report.accepted} accepted, {report.rejected} rejected, "
               f"{len(report.shards)} shards in {shards}")
-    return shards
+    return raw / "affectdyn-process", shards
 
 
 def train(tag: str, shards: Path, runs: Path, extra: list[str], logs: Path) -> Path:
@@ -74,15 +77,15 @@ def train(tag: str, shards: Path, runs: Path, extra: list[str], logs: Path) -> P
     return ckpt
 
 
-def chance_level(raw_shards: Path, reference: Path) -> float:
-    """Expected HIT rate of a uniformly random class guess: the mean score of the six constant predictions."""
+def chance_level(process_dir: Path, reference: Path) -> float:
+    """Expected HIT rate (%) of a uniformly random class guess: the mean score of the six constant predictions."""
     from affectverse_ds.benchmarks import get_benchmark
     from affectverse_ds.eval.predictions import Prediction, PredictionSet
     from affectverse_ds.eval.unibench import ScoringContext, score_predictions
     from affectverse_ds.eval.wheel import load_wheels
 
     bench = get_benchmark("affectdyn")
-    labels = bench.load_labels(raw_shards, bench.test_split)
+    labels = bench.load_labels(process_dir, bench.test_split)
     ctx = ScoringContext(load_wheels(reference / "emotion_wheel"))
     scores = []
     for cls in bench.classes:
@@ -90,7 +93,7 @@ def chance_level(raw_shards: Path, reference: Path) -> float:
         for name in labels.labels:
             preds.add(name, Prediction(items=(cls,)))
         scores.append(score_predictions(bench, labels, preds, ctx).main)
-    return 100.0 * sum(scores) / len(scores) if max(scores) <= 1.0 else sum(scores) / len(scores)
+    return sum(scores) / len(scores)  # ScoreReport.main is already in percent
 
 
 def checks(results: Path, chance: float, ewm: str, lora: str) -> list[str]:
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = Path(os.environ.get("AFFECTVERSE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
     print("AffectVerse-DS demo on the SYNTHETIC affectdyn benchmark (see docs/affectdyn.md)\n", flush=True)
-    shards = prepare_data(art, n_train, n_test, args.seed)
+    process_dir, shards = prepare_data(art, n_train, n_test, args.seed)
     ewm_ckpt = train("ewm", shards, runs, steps, logs)
     lora_ckpt = train("lora", shards, runs, steps + BASELINE, logs)
     results = runs / "results"
@@ -136,9 +139,8 @@ def main(argv: list[str] | None = None) -> int:
           f"eval.reference_data={reference}"], logs / "evaluate.log")
     # the two checkpoints share a folder name (step_NNNNNN): evaluate labels them by run folder
     print("\n" + (results / "summary.md").read_text())
-    raw = next((art / "demo").glob(f"raw_{n_train}_{n_test}_{args.seed}")) / "affectdyn-process"
     ewm_label, lora_label = _labels(results)
-    for line in checks(results, chance_level(raw, reference), ewm_label, lora_label):
+    for line in checks(results, chance_level(process_dir, reference), ewm_label, lora_label):
         print(line)
     print(f"\nplots: {results / 'plots'}\nTensorBoard: tensorboard --logdir {runs}  (ewm/tensorboard, lora/tensorboard)"
           f"\nmetrics: {runs / 'ewm' / 'metrics.jsonl'}, {runs / 'lora' / 'metrics.jsonl'}"
