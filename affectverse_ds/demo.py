@@ -45,11 +45,11 @@ def prepare_data(art: Path, n_train: int, n_test: int, seed: int) -> tuple[Path,
     Returns (the processed-layout folder of the clips, the shard folder).
     """
     from affectverse_ds.data.shards import ShardLimits, build_shards
-    from affectverse_ds.tools.make_tiny_backbone import make_tiny_backbone
+    from affectverse_ds.tools.make_tiny_backbone import is_current, make_tiny_backbone
     from data_prep.make_affectdyn import make_affectdyn
 
     backbone = art / "tiny_backbone"
-    if not (backbone / "config.json").is_file():
+    if not is_current(backbone):  # missing, or written by an older make_tiny_backbone
         make_tiny_backbone(backbone)
         print(f"tiny backbone written to {backbone}")
     raw = art / "demo" / f"raw_{n_train}_{n_test}_{seed}"

@@ -52,6 +52,15 @@ PREPROCESSOR_CONFIG = {
 # and std 0.02 the largest reachable logit is about 1.3, so no answer token could ever pass probability 1e-4
 # over the 152k vocabulary and LoRA training could not show learning. std 0.32 gives the logits a usable range.
 LM_HEAD_STD = 0.32
+# The audio tower adds fixed sinusoidal positions (std ~0.68) to the output of its two convolutions. With
+# the 0.02 init those convolutions give the log-mel content a std of ~0.005, so the random tower's output
+# is almost all position and carries no usable pitch or loudness (a linear probe on it was near chance).
+# He-normal convolutions (std sqrt(2 / fan_in), as for the GELU that follows) give content and position the
+# same order of magnitude, as they are in the trained Whisper tower.
+AUDIO_CONV_GAIN = 3.0
+# Bumped whenever the tiny backbone's weights change, so an older one on disk is rebuilt (`is_current`).
+TINY_BACKBONE_VERSION = 2
+VERSION_FILE = "tiny_backbone_version.txt"
 
 
 def tiny_thinker_config() -> Qwen2_5OmniThinkerConfig:
@@ -112,10 +121,21 @@ def make_tiny_backbone(out: str | Path, seed: int = 0) -> Path:
     model = Thinker(tiny_thinker_config())
     with torch.no_grad():
         model.lm_head.weight.normal_(0.0, LM_HEAD_STD)
+        for conv in (model.model.audio_tower.conv1, model.model.audio_tower.conv2):
+            fan_in = conv.in_channels * conv.kernel_size[0]
+            conv.weight.normal_(0.0, AUDIO_CONV_GAIN / fan_in ** 0.5)
     model.save_pretrained(out)
     build_tokenizer().save_pretrained(out)
     (out / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG, indent=2))
+    (out / VERSION_FILE).write_text(f"{TINY_BACKBONE_VERSION}\n")
     return out
+
+
+def is_current(path: str | Path) -> bool:
+    """Whether ``path`` holds a tiny backbone written by this version of :func:`make_tiny_backbone`."""
+    marker = Path(path) / VERSION_FILE
+    return (Path(path) / "config.json").is_file() and marker.is_file() and \
+        marker.read_text().strip() == str(TINY_BACKBONE_VERSION)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -100,3 +100,33 @@ def test_7b_on_meta_counts_and_lora_hits_language_model_only():
     assert lora_parameter_count(model) == 10_092_544  # 28 layers x (q,k,v,o) at r=16
     lora_modules = [n for n, _ in model.named_modules() if n.endswith("lora_A")]
     assert lora_modules and all(".language_model." in n for n in lora_modules)
+
+
+def test_tiny_audio_tower_output_follows_the_sound_not_the_position(tiny_backbone_dir):
+    """The tiny audio tower must carry its input: two tones an octave apart give clearly different outputs.
+
+    With the default 0.02 conv init the sinusoidal positions swamp the log-mel content, and the two
+    outputs would be nearly the same vector at every position (cosine ~1).
+    """
+    thinker = load_thinker(BackboneConfig(path=str(tiny_backbone_dir), dtype="float32"))
+    extractor = WhisperFeatureExtractor(feature_size=128)
+    t = np.arange(32000) / 16000
+    outs = []
+    for hz in (150.0, 300.0):
+        wave = (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+        f = extractor(wave, sampling_rate=16000, return_attention_mask=True, padding=False, return_tensors="pt")
+        with torch.no_grad():
+            outs.append(thinker.model.get_audio_features(
+                f["input_features"], f["attention_mask"], return_dict=True).last_hidden_state)
+    cos = torch.nn.functional.cosine_similarity(outs[0], outs[1], dim=-1).mean().item()
+    assert cos < 0.8, cos
+
+
+def test_a_stale_tiny_backbone_is_not_current(tiny_backbone_dir, tmp_path):
+    from affectverse_ds.tools.make_tiny_backbone import VERSION_FILE, is_current
+
+    assert is_current(tiny_backbone_dir)
+    assert not is_current(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / VERSION_FILE).write_text("1\n")
+    assert not is_current(tmp_path)
