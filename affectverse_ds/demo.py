@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     t0 = time.time()
-    n_train, n_test = (96, 30) if args.quick else (240, 72)
+    n_train, n_test = (360, 72) if args.quick else (720, 72)
     steps = ["train.epochs=3"] if args.quick else []
     runs, art = REPO / args.out, REPO / "artifacts"
     logs = runs / "logs"

@@ -1,9 +1,11 @@
 """A shortened `make demo` through the same entry points: fewer clips and epochs, same stages.
 
-The shortened run (96 clips, 3 epochs) is too short for the class decision to be learned reliably on
-the random tiny backbone, so this test asserts learning as the training curves show it (the answer
-loss and the imagination loss fall) and that every stage produced its outputs; the full demo's scores
-against chance are printed by `make demo` and reported in the README.
+The shortened run trains on fewer clips for fewer steps than `make demo`, and must still learn: the
+AffectVerse model's HIT rate on the affectdyn test split (A+V+T) is at least 1.5x the chance level
+(a uniformly random class). With 72 test clips a random guesser's HIT rate has a standard deviation of
+about 4.5 points around chance (18), so 1.5x chance (27) is out of its reach, and so is any constant
+answer (at most 25: always "worried", which the wheels also count as a hit on most sad clips). The full demo's checks (2x chance in every modality setting) are printed by `make demo`
+and reported in the README.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ def test_shortened_demo_runs_every_stage_and_learns(tmp_path, shared_data):
     runs = json.loads((out / "results" / "affectdyn.json").read_text())["runs"]
     ewm_full = [r["score"] for r in runs if r["model"].startswith("ewm@") and r["modality"] == "avt"
                 and r["keep_ratio"] == 1.0]
-    assert len(ewm_full) == 1 and 0.0 <= ewm_full[0] <= 100.0
+    assert len(ewm_full) == 1 and ewm_full[0] >= 1.5 * chance, (ewm_full, chance, text[-2500:])
     curve = [json.loads(line) for line in (out / "ewm" / "metrics.jsonl").read_text().splitlines()]
     first, last = curve[0], curve[-1]
     assert last["loss/lm"] < 0.5 * first["loss/lm"], (first["loss/lm"], last["loss/lm"])
