@@ -54,9 +54,9 @@ PREPROCESSOR_CONFIG = {
 LM_HEAD_STD = 0.32
 # The audio tower adds fixed sinusoidal positions (std ~0.68) to the output of its two convolutions. With
 # the 0.02 init those convolutions give the log-mel content a std of ~0.005, so the random tower's output
-# is almost all position and carries no usable pitch or loudness (a linear probe on it was near chance).
-# He-normal convolutions (std sqrt(2 / fan_in), as for the GELU that follows) give content and position the
-# same order of magnitude, as they are in the trained Whisper tower.
+# is almost all position: a linear probe on it read the affectdyn class from audio at 37.5% (6 classes).
+# Convolutions drawn with std 3 / sqrt(fan_in) give the content a std of ~1.2, above the positions, as in
+# the trained Whisper tower (He's sqrt(2) still left it at 0.23); the probe then reads 80.6%.
 AUDIO_CONV_GAIN = 3.0
 # Bumped whenever the tiny backbone's weights change, so an older one on disk is rebuilt (`is_current`).
 TINY_BACKBONE_VERSION = 2
