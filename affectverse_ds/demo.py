@@ -116,7 +116,8 @@ def checks(results: Path, chance: float, ewm: str, lora: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run AffectVerse end to end on the embedded default.")
-    parser.add_argument("--quick", action="store_true", help="fewer clips and steps (the test's shortened demo)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of every stage: 360 clips, 3 epochs "
+                        "(too short to learn: it ended at a constant answer in CI)")
     parser.add_argument("--out", default="runs/demo", help="run folder (checkpoints, logs, results)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
