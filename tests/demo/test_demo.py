@@ -11,6 +11,7 @@ The 2x-chance checks per modality setting are printed by `make demo` and reporte
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ def test_shortened_demo_runs_every_stage_and_learns(tmp_path, shared_data):
     proc = subprocess.run(
         [sys.executable, "-m", "affectverse_ds.demo", "--quick", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=1200,
-        env={**__import__("os").environ, "AFFECTVERSE_SHARED_DATA": str(shared_data), "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "AFFECTVERSE_SHARED_DATA": str(shared_data), "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = proc.stdout
