@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from affectverse_ds.train.distributed import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "launch/configs/demo.yaml"
 BASELINE = ["ewm.enabled=false", "ewm.temporal_split=false"]  # the LoRA baseline (paper Table 3, first row)
@@ -67,7 +69,7 @@ def prepare_data(art: Path, n_train: int, n_test: int, seed: int) -> tuple[Path,
 
 def train(tag: str, shards: Path, runs: Path, extra: list[str], logs: Path) -> Path:
     out = runs / tag
-    _run([_bin("deepspeed"), "--num_gpus", "2", "launch/train.py", "--ds", "ds_configs/zero2.json",
+    _run([_bin("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "launch/train.py", "--ds", "ds_configs/zero2.json",
           "--config", CONFIG, f"data.shard_dir={shards}", f"train.out_dir={out}", *extra], logs / f"train_{tag}.log")
     from affectverse_ds.train.checkpoint import latest_checkpoint
 
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ewm_ckpt = train("ewm", shards, runs, [], logs)
     lora_ckpt = train("lora", shards, runs, BASELINE, logs)
     results = runs / "results"
-    _run([_bin("torchrun"), "--nproc_per_node", "2", "launch/evaluate.py",
+    _run([_bin("torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), "launch/evaluate.py",
           "--checkpoint", str(ewm_ckpt), str(lora_ckpt), "--config", CONFIG,
           "--benchmarks", "affectdyn", "--modality", "avt,at,vt", "--keep-ratio", "1.0,0.5,0.3",
           "--mode", "rank", "--out", str(results), f"data.shard_dir={shards}",

@@ -20,7 +20,7 @@ from affectverse_ds.config import load_config
 from affectverse_ds.data import schema
 from affectverse_ds.data.batch import IM_END_ID
 from affectverse_ds.eval import evaluate as ev
-from affectverse_ds.train.distributed import DistInfo
+from affectverse_ds.train.distributed import DistInfo, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CORRUPT = 1  # meld sample whose first JPEG is truncated: unreadable with video, fine without
@@ -383,7 +383,7 @@ def test_two_process_torchrun_gathers_on_rank_zero(setup, tmp_path):
     config = dump_config(setup.cfg, tmp_path / "eval.yaml")
     out = tmp_path / "results"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29761",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(REPO / "launch" / "evaluate.py"), "--checkpoint", str(setup.ckpts[1]), "--config", str(config),
            "--benchmarks", "meld", "--modality", "avt", "--keep-ratio", "1.0", "--mode", "rank",
            "--out", str(out), "--no-probe"]

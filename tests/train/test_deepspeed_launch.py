@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from affectverse_ds.train.distributed import free_port
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,8 +48,8 @@ def _run(cmd: list[str], log: Path, timeout: int = 420) -> None:
         pytest.fail(f"{' '.join(cmd[:4])} ... exited {proc.returncode}:\n{tail}")
 
 
-def deepspeed_cmd(*args: str, port: int) -> list[str]:
-    return [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port), "launch/train.py",
+def deepspeed_cmd(*args: str) -> list[str]:
+    return [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "launch/train.py",
             "--ds", "ds_configs/zero2.json", "--config", "launch/configs/tiny.yaml", *args]
 
 
@@ -78,7 +80,7 @@ def shards(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def full_run(shards, tiny_backbone_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("full")
-    _run(deepspeed_cmd(*_overrides(shards, tiny_backbone_dir, out / "run"), port=29611), out / "log.txt")
+    _run(deepspeed_cmd(*_overrides(shards, tiny_backbone_dir, out / "run")), out / "log.txt")
     return out / "run"
 
 
@@ -109,9 +111,9 @@ def test_checkpoints_are_complete_pruned_and_self_describing(full_run):
 def test_interrupted_then_resumed_gives_the_same_losses(full_run, shards, tiny_backbone_dir, tmp_path):
     run = tmp_path / "run"
     args = _overrides(shards, tiny_backbone_dir, run)
-    _run(deepspeed_cmd(*args, "train.stop_after_steps=4", port=29612), tmp_path / "first.txt")
+    _run(deepspeed_cmd(*args, "train.stop_after_steps=4"), tmp_path / "first.txt")
     assert sorted(losses(run)) == [1, 2, 3, 4]
-    _run(deepspeed_cmd("--resume", "auto", *args, port=29613), tmp_path / "second.txt")
+    _run(deepspeed_cmd("--resume", "auto", *args), tmp_path / "second.txt")
     resumed, uninterrupted = losses(run), losses(full_run)
     assert sorted(resumed) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
@@ -120,7 +122,7 @@ def test_interrupted_then_resumed_gives_the_same_losses(full_run, shards, tiny_b
 
 def test_torchrun_gives_the_same_losses_as_deepspeed(full_run, shards, tiny_backbone_dir, tmp_path):
     run = tmp_path / "run"
-    cmd = [str(VENV_BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29614", "launch/train.py",
+    cmd = [str(VENV_BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), "launch/train.py",
            "--ds", "ds_configs/zero2.json", "--config", "launch/configs/tiny.yaml",
            *_overrides(shards, tiny_backbone_dir, run)]
     _run(cmd, tmp_path / "log.txt")
@@ -172,7 +174,7 @@ def test_sigusr1_saves_at_the_next_step_and_exits_cleanly(shards, tiny_backbone_
     run = tmp_path / "run"
     args = _overrides(shards, tiny_backbone_dir, run)
     args = [a for a in args if not a.startswith(("train.max_steps", "train.save_every"))]
-    cmd = deepspeed_cmd(*args, "train.max_steps=400", "train.save_every=1000", port=29615)
+    cmd = deepspeed_cmd(*args, "train.max_steps=400", "train.save_every=1000")
     with open(tmp_path / "log.txt", "w") as log:
         # a session of its own, so a failure can end the ranks too (they would otherwise hold the port)
         proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT,
