@@ -131,9 +131,10 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation protocol (EVALUATION.md) settings."""
+    """Evaluation protocol (docs/evaluation.md) settings."""
 
-    reference_data: str = "../shared/data"  # emotion wheels and reference label files
+    wheel_dir: str = ""  # format.csv, synonym.xlsx, wheel1-5.xlsx; "" = the wheels shipped with the package
+    reference_data: str = ""  # older form of wheel_dir: a folder holding emotion_wheel/ (wheel_dir wins)
     modalities: list[str] = field(default_factory=lambda: ["avt"])
     keep_ratios: list[float] = field(default_factory=lambda: [1.0])
     mode: Literal["generate", "rank"] = "generate"

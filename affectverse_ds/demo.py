@@ -79,7 +79,7 @@ def train(tag: str, shards: Path, runs: Path, extra: list[str], logs: Path) -> P
     return ckpt
 
 
-def chance_level(process_dir: Path, reference: Path) -> float:
+def chance_level(process_dir: Path, wheel_dir: Path) -> float:
     """Expected HIT rate (%) of a uniformly random class guess: the mean score of the six constant predictions."""
     from affectverse_ds.benchmarks import get_benchmark
     from affectverse_ds.eval.predictions import Prediction, PredictionSet
@@ -88,7 +88,7 @@ def chance_level(process_dir: Path, reference: Path) -> float:
 
     bench = get_benchmark("affectdyn")
     labels = bench.load_labels(process_dir, bench.test_split)
-    ctx = ScoringContext(load_wheels(reference / "emotion_wheel"))
+    ctx = ScoringContext(load_wheels(wheel_dir))
     scores = []
     for cls in bench.classes:
         preds = PredictionSet(Path(f"constant-{cls}"))
@@ -122,12 +122,16 @@ def main(argv: list[str] | None = None) -> int:
                         "instead of 720, same recipe (about 7 min)")
     parser.add_argument("--out", default="runs/demo", help="run folder (checkpoints, logs, results)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--wheel-dir", type=Path, default=None, help="emotion wheel tables to score with "
+                        "(default: the MER-UniBench wheels shipped with the package)")
     args = parser.parse_args(argv)
     t0 = time.time()
     n_train, n_test = (360, 72) if args.quick else (720, 72)
     runs, art = REPO / args.out, REPO / "artifacts"
     logs = runs / "logs"
-    reference = Path(os.environ.get("AFFECTVERSE_SHARED_DATA", REPO.parent / "shared" / "data"))
+    from affectverse_ds.eval.wheel import PACKAGED_WHEEL_DIR
+
+    wheel_dir = (args.wheel_dir or PACKAGED_WHEEL_DIR).resolve()
 
     print("AffectVerse-DS demo on the SYNTHETIC affectdyn benchmark (see docs/affectdyn.md)\n", flush=True)
     process_dir, shards = prepare_data(art, n_train, n_test, args.seed)
@@ -138,11 +142,11 @@ def main(argv: list[str] | None = None) -> int:
           "--checkpoint", str(ewm_ckpt), str(lora_ckpt), "--config", CONFIG,
           "--benchmarks", "affectdyn", "--modality", "avt,at,vt", "--keep-ratio", "1.0,0.5,0.3",
           "--mode", "rank", "--out", str(results), f"data.shard_dir={shards}",
-          f"eval.reference_data={reference}"], logs / "evaluate.log")
+          f"eval.wheel_dir={wheel_dir}"], logs / "evaluate.log")
     # the two checkpoints share a folder name (step_NNNNNN): evaluate labels them by run folder
     print("\n" + (results / "summary.md").read_text())
     ewm_label, lora_label = _labels(results)
-    for line in checks(results, chance_level(process_dir, reference), ewm_label, lora_label):
+    for line in checks(results, chance_level(process_dir, wheel_dir), ewm_label, lora_label):
         print(line)
     print(f"\nplots: {results / 'plots'}\nTensorBoard: tensorboard --logdir {runs}  (ewm/tensorboard, lora/tensorboard)"
           f"\nmetrics: {runs / 'ewm' / 'metrics.jsonl'}, {runs / 'lora' / 'metrics.jsonl'}"

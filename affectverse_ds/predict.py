@@ -270,7 +270,7 @@ class StreamingSession:
 
 class TemplateExtractor:
     """Emotion words of an answer in the trained format ("The character's emotional state is X, Y.")
-    without the emotion wheels (the fallback when ``eval.reference_data`` has none)."""
+    without the emotion wheels (the fallback when the configured wheel folder has none)."""
 
     def extract(self, text: str) -> list[str]:
         return list(dict.fromkeys(list_items(text) or []))
@@ -278,11 +278,12 @@ class TemplateExtractor:
 
 def emotion_readers(cfg: AffectVerseConfig):
     """(extractor, mapper): the scorer's lexicon extractor and sentiment mapper over the emotion wheels at
-    ``eval.reference_data``; without the wheels, the trained-answer template parser and no mapper."""
-    wheel_dir = Path(cfg.eval.reference_data) / "emotion_wheel"
+    ``eval.wheel_dir`` (default: the packaged ones); without the wheels, the trained-answer template parser and no mapper."""
+    from affectverse_ds.eval.wheel import load_wheels, wheel_dir_for
+
+    wheel_dir = wheel_dir_for(cfg.eval)
     if not (wheel_dir / "format.csv").is_file():
         return TemplateExtractor(), None
-    from affectverse_ds.eval.wheel import load_wheels
 
     wheels = load_wheels(wheel_dir)
     return LexiconExtractor.from_wheels(wheels), SentimentMapper(wheels)

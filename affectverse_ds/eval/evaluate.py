@@ -49,7 +49,7 @@ from affectverse_ds.eval import report
 from affectverse_ds.eval.predictions import Prediction, PredictionSet, write_predictions
 from affectverse_ds.eval.report import ImaginationRow, RunScore
 from affectverse_ds.eval.unibench import ScoreReport, ScoringContext, score_predictions
-from affectverse_ds.eval.wheel import load_wheels
+from affectverse_ds.eval.wheel import load_wheels, wheel_dir_for
 from affectverse_ds.train import distributed as dist
 
 EXPORT_DIR = "export"
@@ -641,7 +641,7 @@ def _kappa_tag(k: float) -> str:
 
 def score_all(merged: RankOutput, cfg: AffectVerseConfig, out_dir: Path) -> dict[str, list[ScoredRun]]:
     """Score every gathered run; writes each run's predictions (our format) under ``out_dir/predictions``."""
-    ctx = ScoringContext(load_wheels(Path(cfg.eval.reference_data) / "emotion_wheel"))
+    ctx = ScoringContext(load_wheels(wheel_dir_for(cfg.eval)))
     golds: dict[str, GoldSet] = {}
     scored: dict[str, list[ScoredRun]] = defaultdict(list)
     for run in merged.runs:

@@ -1,10 +1,11 @@
 """MER-UniBench scorer: ground truth + predictions -> the protocol's main score, and the conventional ones.
 
     python -m affectverse_ds.eval.unibench score --benchmark NAME --labels LABEL_FILE \\
-        --predictions PATH --wheel-dir DIR [--json]
+        --predictions PATH [--wheel-dir DIR] [--json]
 
 ``--labels`` is the benchmark's label file; its folder is read as the processed root and the
-benchmark's test split (EVALUATION.md) is scored. ``--predictions`` is one file or a directory
+benchmark's test split (docs/evaluation.md) is scored. ``--wheel-dir`` defaults to the emotion
+wheels shipped with the package. ``--predictions`` is one file or a directory
 of per-epoch files: then every epoch is printed, with the last one as the fixed checkpoint
 and the best one labelled best-of-N. Scores are printed in percent.
 """
@@ -22,7 +23,7 @@ from affectverse_ds.benchmarks import Benchmark, Label, LabelTable, get_benchmar
 from affectverse_ds.eval import metrics
 from affectverse_ds.eval.extract import Extractor, LexiconExtractor, SentimentMapper, closed_class
 from affectverse_ds.eval.predictions import Prediction, PredictionSet, epoch_of, prediction_files, read_predictions
-from affectverse_ds.eval.wheel import EmotionWheels, load_wheels
+from affectverse_ds.eval.wheel import PACKAGED_WHEEL_DIR, EmotionWheels, load_wheels
 
 MAIN_METRIC = {"discrete": "hit", "sentiment": "wf1_nonzero", "openset": "ov_f"}
 
@@ -131,7 +132,7 @@ class ScoringContext:
 
 
 def score_predictions(bench: Benchmark, labels: LabelTable, preds: PredictionSet, ctx: ScoringContext) -> ScoreReport:
-    """Score one predictions file against the GT of a benchmark, as EVALUATION.md says.
+    """Score one predictions file against the GT of a benchmark, as docs/evaluation.md says.
 
     Args:
         bench: the benchmark (its group selects the protocol).
@@ -295,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--benchmark", required=True, help="registry name, e.g. mer2023, cmumosi, ovmerd")
     score.add_argument("--labels", required=True, type=Path, help="the benchmark's label file")
     score.add_argument("--predictions", required=True, type=Path, help="a predictions file or a directory of them")
-    score.add_argument("--wheel-dir", required=True, type=Path, help="folder with format.csv, synonym.xlsx, wheel1-5.xlsx")
+    score.add_argument("--wheel-dir", type=Path, default=PACKAGED_WHEEL_DIR,
+                       help="folder with format.csv, synonym.xlsx, wheel1-5.xlsx (default: the packaged MER-UniBench wheels)")
     score.add_argument("--json", action="store_true", help="print one JSON object per scored file")
     return parser
 

@@ -2,12 +2,15 @@
 
 Built from AffectGPT's wheel tables in one directory (``format.csv``, ``synonym.xlsx``,
 ``wheel1.xlsx`` .. ``wheel5.xlsx``), used exactly as they are: the published numbers
-depend on their quirks (see ``../shared/EVALUATION.md``, "Grouping G_w"):
+depend on their quirks (see ``docs/evaluation.md``, "Grouping G_w"):
 
 1. ``format.csv`` maps a surface form to every base word whose row lists it.
 2. ``synonym.xlsx`` maps a base word to the wheel words it is listed under (or is).
 3. The candidates, sorted alphabetically, are tried in turn; the first present in
    wheel w gives its level-1 cluster. ``neutral`` is always dropped.
+
+The tables ship with the package (``affectverse_ds/eval/wheels/``, Apache-2.0, see the README
+there) and are the default everywhere; ``eval.wheel_dir`` or ``--wheel-dir`` points at others.
 """
 from __future__ import annotations
 
@@ -24,6 +27,9 @@ N_WHEELS = 5
 NEUTRAL = "neutral"
 # One (word, synonyms) column pair per synonym-generation run in synonym.xlsx.
 _SYNONYM_RUNS = 8
+# AffectGPT's emotion_wheel/ tables, shipped as package data.
+PACKAGED_WHEEL_DIR = Path(__file__).resolve().parent / "wheels"
+WHEEL_FILES = ("format.csv", "synonym.xlsx", *(f"wheel{i}.xlsx" for i in range(1, N_WHEELS + 1)))
 
 
 def _norm(value: object) -> str:
@@ -195,3 +201,16 @@ def _load_wheels(wheel_dir: str) -> EmotionWheels:
         base_to_wheel_words=read_synonym_table(root / "synonym.xlsx"),
         clusters=tuple(read_wheel(root / f"wheel{i}.xlsx") for i in range(1, N_WHEELS + 1)),
     )
+
+
+def wheel_dir_for(eval_cfg) -> Path:
+    """The wheel folder an evaluation config asks for.
+
+    ``eval.wheel_dir`` when set; else ``<eval.reference_data>/emotion_wheel`` when that older option
+    is set; else the tables shipped with the package (:data:`PACKAGED_WHEEL_DIR`).
+    """
+    if getattr(eval_cfg, "wheel_dir", ""):
+        return Path(eval_cfg.wheel_dir)
+    if getattr(eval_cfg, "reference_data", ""):
+        return Path(eval_cfg.reference_data) / "emotion_wheel"
+    return PACKAGED_WHEEL_DIR
