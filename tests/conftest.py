@@ -1,25 +1,22 @@
-"""Fixtures shared by every test package: the reference data location and the embedded tiny backbone."""
+"""Fixtures shared by every test package: the reference data the tests carry and the embedded tiny backbone."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def shared_data_dir() -> Path:
-    """Reference data (label files, wheels, AffectGPT outputs): $AFFECTVERSE_SHARED_DATA or ../shared/data."""
-    return Path(os.environ.get("AFFECTVERSE_SHARED_DATA", REPO.parent / "shared" / "data"))
+# Real label files, transcripts and AffectGPT's released outputs, carried by the repository
+# (tests/reference/README.md names their sources; Apache-2.0, a LICENSE in each folder).
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    path = shared_data_dir()
-    if not path.is_dir():
-        pytest.skip(f"reference data not found at {path} (set AFFECTVERSE_SHARED_DATA)")
-    return path
+    """The reference data folder (``merbench/``, ``affectgpt_outputs/``); it is part of the repository,
+    so its absence is a broken checkout and fails the test instead of skipping it."""
+    assert (REFERENCE_DIR / "merbench").is_dir(), f"reference data missing from the checkout: {REFERENCE_DIR}"
+    return REFERENCE_DIR
 
 
 @pytest.fixture(scope="session")

@@ -63,7 +63,7 @@ class Benchmark:
 
     Args:
         name: registry key (``mer2023``).
-        group: scoring family from EVALUATION.md.
+        group: scoring family (docs/evaluation.md).
         process_dir: folder name of the MER-UniBench processed layout (``mer2023-dataset-process``).
         classes: closed-set answer words (discrete group), or the sentiment words.
         test_split: the split scored by MER-UniBench.

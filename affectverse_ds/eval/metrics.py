@@ -113,7 +113,7 @@ def hit_rate(gt_by_wheel: Sequence[ClusterSets], pred_by_wheel: Sequence[Cluster
 
 @dataclass(frozen=True)
 class SetScore:
-    """Open-vocabulary set scores, each averaged over wheels (F, P, R as in EVALUATION.md)."""
+    """Open-vocabulary set scores, each averaged over wheels (F, P, R as in docs/evaluation.md)."""
 
     f: WheelScore
     precision: WheelScore

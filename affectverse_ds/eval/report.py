@@ -152,7 +152,7 @@ def table1_rows(scores: Sequence[RunScore], fixed_model: str, keep_ratio: float 
 
     Best-per-benchmark rows appear only when more than one checkpoint was evaluated; each of their
     cells is the best main score over the checkpoints for that benchmark alone (AffectGPT's
-    selection, which EVALUATION.md asks to report labelled beside a fixed checkpoint).
+    selection, which docs/evaluation.md asks to report labelled beside a fixed checkpoint).
 
     Args:
         scores: every run's scores.

@@ -1,8 +1,7 @@
 """Fixtures of the benchmark-reading tests.
 
-The real MER-UniBench label files live in ``merbench/`` of the reference data
-($AFFECTVERSE_SHARED_DATA, default ``<repo>/../shared/data``, via ``shared_data`` from
-``tests/conftest.py``); tests needing them skip when it is absent.
+The real MER-UniBench label files live in ``tests/reference/merbench/`` (carried by the repository,
+via ``shared_data`` from ``tests/conftest.py``).
 """
 from __future__ import annotations
 
@@ -19,8 +18,7 @@ from data_prep.make_fixtures import FIXTURE_FILE, make_fixture
 @pytest.fixture(scope="session")
 def merbench(shared_data: Path) -> Path:
     path = shared_data / "merbench"
-    if not path.is_dir():
-        pytest.skip(f"reference label files not found at {path} (set AFFECTVERSE_SHARED_DATA)")
+    assert path.is_dir(), f"reference label files missing from the checkout: {path}"
     return path
 
 

@@ -7,7 +7,7 @@ from affectverse_ds.benchmarks import get_benchmark
 from affectverse_ds.benchmarks.layouts import items_from_table
 from data_prep.make_fixtures import LABEL_FILES, make_fixture
 
-# Split sizes of the real label files (../shared/data/README.md; test splits: EVALUATION.md).
+# Split sizes of the real label files (tests/reference/README.md; test splits: docs/evaluation.md).
 SIZES = [
     ("mer2023", "train", 3373), ("mer2023", "test1", 411), ("mer2023", "test2", 412), ("mer2023", "test3", 834),
     ("meld", "train", 9989), ("meld", "val", 1109), ("meld", "test", 2610),

@@ -23,12 +23,12 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_shortened_demo_runs_every_stage_and_learns(tmp_path, shared_data):
+def test_shortened_demo_runs_every_stage_and_learns(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
         [sys.executable, "-m", "affectverse_ds.demo", "--quick", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=1200,
-        env={**os.environ, "AFFECTVERSE_SHARED_DATA": str(shared_data), "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = proc.stdout

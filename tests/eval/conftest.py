@@ -1,8 +1,8 @@
-"""Fixtures of the evaluation tests: the reference data under it, and a tiny self-made set of wheel tables.
+"""Fixtures of the evaluation tests: the reference data, and a tiny self-made set of wheel tables.
 
-``shared_data`` ($AFFECTVERSE_SHARED_DATA or ``<repo>/../shared/data``, skipped when absent) comes
-from ``tests/conftest.py``; a test needing one file under it asks ``reference(relative path)``,
-which skips with the missing path in the reason.
+``shared_data`` (``tests/reference/``, carried by the repository) comes from ``tests/conftest.py``;
+a test needing one file under it asks ``reference(relative path)``. ``emotion_wheel/...`` resolves
+to the wheels shipped with the package. A missing path fails the test (the data is in the clone).
 """
 from __future__ import annotations
 
@@ -15,16 +15,23 @@ import pytest
 
 
 def require(path: Path) -> Path:
-    """Skip the calling test when a reference path is absent."""
-    if not path.exists():
-        pytest.skip(f"reference data not found: {path} (set AFFECTVERSE_SHARED_DATA)")
+    """The path, failing the calling test when it is absent (reference data is part of the repository)."""
+    assert path.exists(), f"reference data missing from the checkout: {path}"
     return path
 
 
 @pytest.fixture(scope="session")
 def reference(shared_data: Path) -> Callable[[str], Path]:
-    """``reference("merbench/...")`` -> that path under the shared data, or a skip naming it."""
-    return lambda relative: require(shared_data / relative)
+    """``reference("merbench/...")`` -> that path under ``tests/reference``; ``reference("emotion_wheel")``
+    -> the package's wheels (``affectverse_ds/eval/wheels``)."""
+    from affectverse_ds.eval.wheel import PACKAGED_WHEEL_DIR
+
+    def resolve(relative: str) -> Path:
+        head, _, rest = relative.partition("/")
+        root = PACKAGED_WHEEL_DIR if head == "emotion_wheel" else shared_data / head
+        return require(root / rest if rest else root)
+
+    return resolve
 
 
 @pytest.fixture(scope="session")
