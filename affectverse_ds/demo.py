@@ -18,11 +18,14 @@ import sys
 import time
 from pathlib import Path
 
+from affectverse_ds import preflight
 from affectverse_ds.train.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "launch/configs/demo.yaml"
 BASELINE = ["ewm.enabled=false", "ewm.temporal_split=false"]  # the LoRA baseline (paper Table 3, first row)
+RANKS = 2  # deepspeed --num_gpus / torchrun --nproc_per_node of the training and evaluation stages
+DEMO_DISK = 2 << 30  # room for clips, shards, tiny backbone, two runs' checkpoints and results (see demo_checks)
 
 
 def _bin(name: str) -> str:
@@ -39,6 +42,29 @@ def _run(cmd: list[str], log: Path) -> None:
     if code != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
         raise SystemExit(f"stage failed (exit {code}); last lines of {log}:\n{tail}")
+
+
+def demo_checks(runs: Path, art: Path, wheel_dir: Path) -> list[preflight.Check]:
+    """What every stage needs that can be known before the first one: the launchers, writable folders, room
+    on disk, the wheels, and configs that load and make their global batch on the demo's ranks. (Backbone and
+    shards are the first stage's output; train.py and evaluate.py check them when their stage starts.)"""
+    def launchers() -> str | None:
+        absent = [name for name in ("deepspeed", "torchrun") if not Path(_bin(name)).is_file()]
+        return (f"{', '.join(absent)} not found beside {sys.executable}: install the requirements "
+                f"(pip install -r requirements.txt)") if absent else None
+
+    def stage_config(tag: str, extra: list[str]) -> str | None:
+        from affectverse_ds.config import ConfigError, load_config
+
+        try:
+            cfg = load_config(REPO / CONFIG, [f"train.out_dir={runs / tag}", *extra])
+        except ConfigError as err:
+            return f"{CONFIG} ({tag} stage): {err}: fix the preset"
+        return preflight.world_size(cfg.train, RANKS)
+
+    return [launchers, lambda: preflight.writable(runs), lambda: preflight.writable(art),
+            lambda: preflight.free_disk(art, DEMO_DISK, "the demo"), lambda: preflight.wheels(wheel_dir),
+            lambda: stage_config("ewm", []), lambda: stage_config("lora", BASELINE)]
 
 
 def prepare_data(art: Path, n_train: int, n_test: int, seed: int) -> tuple[Path, Path]:
@@ -69,7 +95,7 @@ def prepare_data(art: Path, n_train: int, n_test: int, seed: int) -> tuple[Path,
 
 def train(tag: str, shards: Path, runs: Path, extra: list[str], logs: Path) -> Path:
     out = runs / tag
-    _run([_bin("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "launch/train.py", "--ds", "ds_configs/zero2.json",
+    _run([_bin("deepspeed"), "--num_gpus", str(RANKS), "--master_port", str(free_port()), "launch/train.py", "--ds", "ds_configs/zero2.json",
           "--config", CONFIG, f"data.shard_dir={shards}", f"train.out_dir={out}", *extra], logs / f"train_{tag}.log")
     from affectverse_ds.train.checkpoint import latest_checkpoint
 
@@ -134,11 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     wheel_dir = (args.wheel_dir or PACKAGED_WHEEL_DIR).resolve()
 
     print("AffectVerse-DS demo on the SYNTHETIC affectdyn benchmark (see docs/affectdyn.md)\n", flush=True)
+    preflight.exit_on_failure(lambda: preflight.require(demo_checks(runs, art, wheel_dir)))
     process_dir, shards = prepare_data(art, n_train, n_test, args.seed)
     ewm_ckpt = train("ewm", shards, runs, [], logs)
     lora_ckpt = train("lora", shards, runs, BASELINE, logs)
     results = runs / "results"
-    _run([_bin("torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), "launch/evaluate.py",
+    _run([_bin("torchrun"), "--nproc_per_node", str(RANKS), "--master_port", str(free_port()), "launch/evaluate.py",
           "--checkpoint", str(ewm_ckpt), str(lora_ckpt), "--config", CONFIG,
           "--benchmarks", "affectdyn", "--modality", "avt,at,vt", "--keep-ratio", "1.0,0.5,0.3",
           "--mode", "rank", "--out", str(results), f"data.shard_dir={shards}",

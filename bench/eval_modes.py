@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from affectverse_ds import preflight  # noqa: E402
 from affectverse_ds.benchmarks import get_benchmark  # noqa: E402
 from affectverse_ds.config import load_config  # noqa: E402
 from affectverse_ds.eval import evaluate as ev  # noqa: E402
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.config:
                 p.error("--config is required with --checkpoint")
             config, ckpt = Path(args.config), args.checkpoint
+            checks = preflight.evaluation_checks(load_config(config, args.overrides), tmp, args.benchmarks, [ckpt])
+            preflight.exit_on_failure(lambda: preflight.require(checks))
         else:
             from affectverse_ds.tools.make_tiny_backbone import make_tiny_backbone
 

@@ -35,6 +35,7 @@ import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from affectverse_ds import preflight  # noqa: E402
 from affectverse_ds.benchmarks import Label, get_benchmark  # noqa: E402
 from affectverse_ds.chat import build_messages, render  # noqa: E402
 from affectverse_ds.config import load_config  # noqa: E402
@@ -161,6 +162,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from affectverse_ds.model.backbone import load_tokenizer
 
+    tmp_root = tempfile.gettempdir()  # fixture shards: about 0.5 MiB a 6 s clip, 1 MiB a sample leaves room
+    preflight.exit_on_failure(lambda: preflight.require([lambda: preflight.writable(tmp_root), lambda: preflight.free_disk(
+        tmp_root, args.samples * preflight.MiB, "the loader bench's fixture shards")]))
     with tempfile.TemporaryDirectory() as tmp:
         backbone = Path(args.backbone)
         if not backbone.exists():

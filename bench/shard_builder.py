@@ -33,6 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from affectverse_ds import preflight  # noqa: E402
 from affectverse_ds.benchmarks import get_benchmark  # noqa: E402
 from affectverse_ds.benchmarks.base import Label, RawItem  # noqa: E402
 from affectverse_ds.data.shards import build_split  # noqa: E402
@@ -144,6 +145,9 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args(argv)
     has_ffmpeg = shutil.which("ffmpeg") is not None
+    tmp_root = tempfile.gettempdir()  # clips plus three builders' outputs: 4 MiB a clip-second leaves room
+    preflight.exit_on_failure(lambda: preflight.require([lambda: preflight.writable(tmp_root), lambda: preflight.free_disk(
+        tmp_root, int(args.n_clips * args.seconds * 4 * preflight.MiB), "the shard builder bench")]))
     with tempfile.TemporaryDirectory(prefix="shard_bench_") as tmp:
         tmp = Path(tmp)
         (tmp / "clips").mkdir()

@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from affectverse_ds import preflight  # noqa: E402
 from affectverse_ds.config import AffectVerseConfig, load_config  # noqa: E402
 from affectverse_ds.data.batch import (  # noqa: E402
     AUDIO_BOS_ID, AUDIO_EOS_ID, AUDIO_TOKEN_ID, IGNORE_INDEX, IM_END_ID, IM_START_ID, PAD_TOKEN_ID, VIDEO_TOKEN_ID,
@@ -236,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         steps = args.steps or 5
     else:
         device = torch.device("cpu")
+        preflight.ensure_tiny_backbone(cfg.backbone.path)  # written when absent, as the demo does
+        preflight.exit_on_failure(lambda: preflight.require([lambda: preflight.backbone(cfg.backbone.path)]))
         model = am.assemble_model(load_thinker(cfg.backbone, device), cfg)
         steps = args.steps or 10
     batches = [synthetic_batch(b, args.seconds, cfg.data.frame_size, cfg.data.fps, 60, 6, seed=i, device=device)

@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_overhead import random_thinker, synthetic_batch  # noqa: E402  (bench helper beside this file)
 
+from affectverse_ds import preflight  # noqa: E402
 from affectverse_ds.config import load_config  # noqa: E402
 from affectverse_ds.model.affect_model import assemble_model  # noqa: E402
 from affectverse_ds.train.logging import FlopCounter, device_peak_tflops  # noqa: E402
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         print("train_7b: no CUDA GPU here; nothing measured (run it on a GPU machine)")
         return 0
     cfg = load_config(args.config, ["lora.dropout=0.0"])
+    arch = cfg.backbone.arch_config
+    preflight.exit_on_failure(lambda: preflight.require([lambda: preflight.present(
+        arch, "backbone.arch_config", f"set it in {args.config} (a thinker config JSON), run from the repository root")]))
     device = torch.device("cuda")
     kernels = (["flash_attention_2"] if importlib.util.find_spec("flash_attn") else []) + ["sdpa"]
     rows = [measure(k, args, cfg, device) for k in kernels]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from affectverse_ds import preflight
 from affectverse_ds.data.media import DecodeConfig
 from affectverse_ds.data.shards import ShardLimits, build_all, build_shards
 
@@ -37,6 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    preflight.exit_on_failure(lambda: preflight.for_shard_build(args.root, args.out, args.benchmark))
     kwargs = dict(
         workers=args.workers, resume=args.resume, progress=not args.no_progress,
         cfg=DecodeConfig(max_duration=args.max_duration, center_crop=args.center_crop),

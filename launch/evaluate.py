@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from affectverse_ds.config import ConfigError
+from affectverse_ds import preflight
+from affectverse_ds.config import ConfigError, load_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,10 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     from affectverse_ds.eval.evaluate import run_evaluation
 
     try:
+        cfg = load_config(args.config, args.overrides)
+        preflight.for_evaluation(cfg, args.out, args.benchmarks, args.checkpoint)  # seconds, before any model
         run_evaluation(args.config, args.checkpoint, overrides=args.overrides, benchmarks=args.benchmarks,
                        modalities=args.modality, keep_ratios=args.keep_ratio, mode=args.mode, out_dir=args.out,
                        max_batches=args.max_batches, probe=not args.no_probe)
-    except (ConfigError, LoaderError, FileNotFoundError, KeyError) as err:
+    except (ConfigError, LoaderError, FileNotFoundError, KeyError, preflight.PreflightError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

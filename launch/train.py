@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from affectverse_ds import preflight
 from affectverse_ds.config import ConfigError, load_config
 from affectverse_ds.data.loader import LoaderError
 from affectverse_ds.model.backbone import BackboneError
@@ -28,10 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        preflight.for_training(cfg)  # seconds, before the model is built
         from affectverse_ds.train.loop import Trainer
 
         result = Trainer(cfg, args.ds, resume=args.resume).train()
-    except (ConfigError, BackboneError, LoaderError, FileNotFoundError) as err:
+    except (ConfigError, BackboneError, LoaderError, FileNotFoundError, preflight.PreflightError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if result.stopped_by_signal:
