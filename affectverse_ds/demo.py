@@ -11,8 +11,10 @@ demo exists to show, printed whichever way they come out.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -32,13 +34,80 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def _run(cmd: list[str], log: Path) -> None:
-    """Run one stage, its output in ``log``; a failure stops the demo with the log's tail."""
+# What the stages print that is worth a look while they run: the trainer's step bar (tqdm: percent, steps,
+# elapsed<ETA, loss) and the evaluator's "[eval] <model> <benchmark> <setting>: <s> s" line per finished setting.
+TRAIN_BAR = re.compile(r"^\s*train:\s*\d+%.*\d+/\d+")
+EVAL_LINE = re.compile(r"^\[eval\] (?P<model>\S+) (?P<bench>\S+) (?P<setting>\S+): [\d.]+ s$")
+
+
+class Progress:
+    """Shows a stage's progress lines on the terminal while the whole output goes to its log.
+
+    On a terminal the training bar is redrawn in place; elsewhere (a pipe, a test) a bar line is printed at
+    most every ``every`` seconds, and the last one when the stage ends. ``eval_total`` (settings to run)
+    turns each finished evaluation setting into "k/N".
+    """
+
+    def __init__(self, tag: str, eval_total: int = 0, every: float = 20.0, stream=None):
+        self.tag, self.eval_total, self.every = tag, eval_total, every
+        self.stream = stream or sys.stdout
+        self.live = self.stream.isatty()
+        self.eval_done, self.last_shown, self.pending = 0, float("-inf"), ""
+
+    def line(self, text: str) -> None:
+        """One line (or ``\r`` segment) of the stage's output."""
+        text = text.strip()
+        if TRAIN_BAR.match(text):
+            self.pending = text
+            now = time.monotonic()
+            if self.live:
+                self.stream.write(f"\r\x1b[K  [{self.tag}] {text}")
+                self.stream.flush()
+            elif now - self.last_shown >= self.every:
+                self._print(text)
+                self.pending, self.last_shown = "", now
+        elif (m := EVAL_LINE.match(text)) is not None:
+            self.eval_done += 1
+            total = f"/{self.eval_total}" if self.eval_total else ""
+            self._print(f"evaluated {self.eval_done}{total}: {m['model']} {m['bench']} {m['setting']}"
+                        f" ({text.rsplit(': ', 1)[1]})")
+
+    def close(self) -> None:
+        """The last bar state stays on screen, on its own line."""
+        if self.pending:
+            if self.live:
+                self.stream.write("\n")
+            else:
+                self._print(self.pending)
+            self.pending = ""
+        self.stream.flush()
+
+    def _print(self, text: str) -> None:
+        if self.live and self.pending:
+            self.stream.write("\r\x1b[K")  # clear the bar drawn on this line; the next update redraws it
+        self.stream.write(f"  [{self.tag}] {text}\n")
+        self.stream.flush()
+
+
+def _run(cmd: list[str], log: Path, progress: Progress | None = None) -> None:
+    """Run one stage, its whole output in ``log`` and its progress lines on the terminal; a failure stops
+    the demo with the log's tail."""
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     print(f"$ {' '.join(cmd)}\n  (log: {log})", flush=True)
-    with open(log, "w") as f:
-        code = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    progress = progress or Progress(Path(cmd[0]).name)
+    decoder, buffer = codecs.getincrementaldecoder("utf-8")(errors="replace"), ""
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        while chunk := os.read(proc.stdout.fileno(), 65536):
+            f.write(chunk)
+            f.flush()
+            *segments, buffer = re.split(r"[\r\n]", buffer + decoder.decode(chunk))
+            for segment in segments:
+                progress.line(segment)
+        progress.line(buffer + decoder.decode(b"", final=True))
+        code = proc.wait()
+    progress.close()
     if code != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
         raise SystemExit(f"stage failed (exit {code}); last lines of {log}:\n{tail}")
@@ -96,7 +165,8 @@ def prepare_data(art: Path, n_train: int, n_test: int, seed: int) -> tuple[Path,
 def train(tag: str, shards: Path, runs: Path, extra: list[str], logs: Path) -> Path:
     out = runs / tag
     _run([_bin("deepspeed"), "--num_gpus", str(RANKS), "--master_port", str(free_port()), "launch/train.py", "--ds", "ds_configs/zero2.json",
-          "--config", CONFIG, f"data.shard_dir={shards}", f"train.out_dir={out}", *extra], logs / f"train_{tag}.log")
+          "--config", CONFIG, f"data.shard_dir={shards}", f"train.out_dir={out}", *extra], logs / f"train_{tag}.log",
+         Progress(f"train {tag}"))
     from affectverse_ds.train.checkpoint import latest_checkpoint
 
     ckpt = latest_checkpoint(out / "checkpoints")
@@ -169,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
           "--checkpoint", str(ewm_ckpt), str(lora_ckpt), "--config", CONFIG,
           "--benchmarks", "affectdyn", "--modality", "avt,at,vt", "--keep-ratio", "1.0,0.5,0.3",
           "--mode", "rank", "--out", str(results), f"data.shard_dir={shards}",
-          f"eval.wheel_dir={wheel_dir}"], logs / "evaluate.log")
+          f"eval.wheel_dir={wheel_dir}"], logs / "evaluate.log", Progress("evaluate", eval_total=2 * 3))
     # the two checkpoints share a folder name (step_NNNNNN): evaluate labels them by run folder
     print("\n" + (results / "summary.md").read_text())
     ewm_label, lora_label = _labels(results)
