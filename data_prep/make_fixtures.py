@@ -1,7 +1,7 @@
 """Write a small raw benchmark tree, in the exact on-disk layout the scanners read, with real encoded media.
 
     python -m data_prep.make_fixtures --benchmark meld --layout official --out /tmp/meld-fx \\
-        [--labels ../shared/data/merbench/meld-process/label.npz] [--n 4] [--seed 0] [--inject dup,nomedia]
+        [--labels tests/reference/merbench/meld-process/label.npz] [--n 4] [--seed 0] [--inject dup,nomedia]
 
 Media are made with PyAV: H.264/AAC .mp4 (MPEG-4 part 2 + PCM .avi for IEMOCAP), 160x120, 25 fps,
 1-2 s, a left and a right half of different colours (IEMOCAP's two actors) and a moving bar, with a
