@@ -36,7 +36,7 @@ def _bin(name: str) -> str:
 
 # What the stages print that is worth a look while they run: the trainer's step bar (tqdm: percent, steps,
 # elapsed<ETA, loss) and the evaluator's "[eval] <model> <benchmark> <setting>: <s> s" line per finished setting.
-TRAIN_BAR = re.compile(r"^\s*train:\s*\d+%.*\d+/\d+")
+TRAIN_BAR = re.compile(r"^\s*(train:\s*\d+%.*?\d+/\d+ \[[^\]]*\])")  # up to tqdm's "]": other output may follow
 EVAL_LINE = re.compile(r"^\[eval\] (?P<model>\S+) (?P<bench>\S+) (?P<setting>\S+): [\d.]+ s$")
 
 
@@ -57,8 +57,8 @@ class Progress:
     def line(self, text: str) -> None:
         """One line (or ``\r`` segment) of the stage's output."""
         text = text.strip()
-        if TRAIN_BAR.match(text):
-            self.pending = text
+        if (bar := TRAIN_BAR.match(text)) is not None:
+            self.pending = text = bar[1]
             now = time.monotonic()
             if self.live:
                 self.stream.write(f"\r\x1b[K  [{self.tag}] {text}")
