@@ -124,9 +124,11 @@ def test_demo_checks_every_stage_before_the_first(tmp_path):
     assert len(err.value.lines) == 1 and "emotion wheels" in err.value.lines[0]
 
 
-def test_ensure_tiny_backbone_never_touches_another_model(tmp_path):
+def test_ensure_tiny_backbone_writes_an_absent_one_and_never_touches_another_model(tmp_path):
     other = tmp_path / "qwen7b"
     other.mkdir()
     (other / "config.json").write_text("{}")
     preflight.ensure_tiny_backbone(other)
     assert [p.name for p in other.iterdir()] == ["config.json"]
+    fresh = preflight.ensure_tiny_backbone(tmp_path / "artifacts" / "tiny_backbone")  # absent: written
+    assert preflight.backbone(fresh) is None
