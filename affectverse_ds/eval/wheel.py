@@ -209,8 +209,8 @@ def wheel_dir_for(eval_cfg) -> Path:
     ``eval.wheel_dir`` when set; else ``<eval.reference_data>/emotion_wheel`` when that older option
     is set; else the tables shipped with the package (:data:`PACKAGED_WHEEL_DIR`).
     """
-    if getattr(eval_cfg, "wheel_dir", ""):
+    if eval_cfg.wheel_dir:
         return Path(eval_cfg.wheel_dir)
-    if getattr(eval_cfg, "reference_data", ""):
+    if eval_cfg.reference_data:
         return Path(eval_cfg.reference_data) / "emotion_wheel"
     return PACKAGED_WHEEL_DIR

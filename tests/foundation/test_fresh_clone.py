@@ -57,7 +57,6 @@ def _clone(tmp_path: Path) -> Path:
 def test_a_clone_alone_scores_and_passes_its_tests(tmp_path):
     clone = _clone(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(clone), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("AFFECTVERSE_SHARED_DATA", None)
 
     def run(*args: str, timeout: int) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, *args], cwd=clone, env=env, capture_output=True, text=True,
