@@ -192,7 +192,7 @@ def class_from_index(classes: tuple[str, ...], value: object, name: str) -> str:
     except (TypeError, ValueError, OverflowError):
         raise LabelError(f"{name}: label {_short(value)} is neither a class nor an index") from None
     if not 0 <= idx < len(classes):
-        raise LabelError(f"{name}: class index {idx} outside 0..{len(classes) - 1}")
+        raise LabelError(f"{name}: class index {_short(idx)} outside 0..{len(classes) - 1}")
     return classes[idx]
 
 
