@@ -67,7 +67,11 @@ def main(argv=None) -> int:
         scans = inspect_root(args.layout, args.root, None if args.all else [args.benchmark])
         if args.split:
             scans = [s for s in scans if s.split in (args.split, "*")]
-        return print_scan(scans)
+        status = print_scan(scans)
+        if not args.all and not any(s.status == "ok" for s in scans):  # the one benchmark asked for is not there
+            print(f"error: {args.benchmark} not found under {args.root} for layout {args.layout}", file=sys.stderr)
+            return 1
+        return status
     status = 0
     if args.all:
         scans = inspect_root(args.layout, args.root)

@@ -25,7 +25,7 @@ import tarfile
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from affectverse_ds.benchmarks import get_benchmark
 from affectverse_ds.benchmarks.base import Benchmark, LayoutNotFound, RawItem, SplitAbsent
-from affectverse_ds.benchmarks.layouts import TEXT_NOTES, confine, process_root_present, subtitle_note
+from affectverse_ds.benchmarks.layouts import TEXT_NOTES, confine, process_root_present, subtitle_note, text_quality
 from affectverse_ds.chat import build_messages, render
 from affectverse_ds.data import schema
 from affectverse_ds.data.media import Clip, DecodeConfig, MediaError, decode_clip
@@ -306,7 +306,7 @@ def _dedupe(items: list[RawItem], bench: Benchmark) -> list[RawItem]:
     for item in sorted(items, key=lambda it: schema.sample_key(bench.name, it.split, it.name)):
         key = schema.sample_key(bench.name, item.split, item.name)
         if key in seen and item.reject is None:
-            item = RawItem(item.name, item.split, item.label, reject=f"duplicate key {key!r}")
+            item = replace(item, reject=f"duplicate key {key!r}", notes=list(item.notes))  # keeps its shape
         seen.add(key)
         out.append(item)
     return out
@@ -337,6 +337,8 @@ def build_split(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     items = _dedupe(items, bench)
+    for item in items:  # scanners did this already; items made by hand get the same subtitle rule
+        text_quality(item)
     prefix = f"{bench.name}-{split}-"
     _check_state(out, prefix, items, bench, split, cfg, limits, resume, record=scan_record(items))
     done_rows, done_sizes = _finished_shards(out, prefix) if resume else ([], {})

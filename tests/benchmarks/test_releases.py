@@ -270,3 +270,14 @@ def test_dry_run_decodes_nothing_and_names_what_it_found(tmp_path, capsys):
     assert "ovmerd/test: ok [unibench: ovmerdplus-process/, subtitle_eng.csv:sentence] 2 items" in out
     assert "meld/val: no split: " in out and "no 'val_corpus' (has test_corpus, train_corpus)" in out
     assert not any(p.suffix in (".tar", ".parquet") for p in tmp_path.rglob("*"))
+
+
+def test_dry_run_of_one_benchmark(tmp_path, capsys):
+    root = make_fixture("mer2023", "official", tmp_path / "fx", n=2)
+    args = ["--dry-run", "--layout", "official", "--root", str(root)]
+    assert cli.main(args + ["--benchmark", "mer2023", "--split", "test1"]) == 0
+    assert capsys.readouterr().out.startswith("mer2023/test1: ok [mer2023.official: test1-label.csv, transcription.csv:sentence] 2 items")
+    assert cli.main(args + ["--benchmark", "meld"]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("meld/*: absent: MELD train label file not found: looked for train/train_sent_emo.csv or train_sent_emo.csv")
+    assert "error: meld not found under" in err
