@@ -57,16 +57,28 @@ class ProcessedLayout:
 
 # ----------------------------------------------------------------------------- text files
 
+def _stray_cp1252(err: UnicodeDecodeError) -> tuple[str, int]:
+    """Decode error handler: an invalid byte 0x80-0x9F (a cp1252 quote or dash in an otherwise UTF-8
+    file, as in MELD's pre-2020 CSVs) becomes the C1 character of that value, which the subtitle rule
+    then maps and counts (``c1_control``); any other invalid byte becomes U+FFFD."""
+    bad = err.object[err.start:err.end]
+    return "".join(chr(b) if 0x80 <= b <= 0x9F else REPLACEMENT_CHAR for b in bad), err.end
+
+
+codecs.register_error("affectverse_stray_cp1252", _stray_cp1252)
+
+
 def decode_text(raw: bytes) -> str:
     """Bytes of a text file -> str, never raising.
 
     UTF-8 (with or without BOM) is what every benchmark ships; UTF-16 appears when a CSV
-    went through a spreadsheet. Invalid bytes become U+FFFD, so one bad row costs that row's
+    went through a spreadsheet. A stray cp1252 punctuation byte becomes its C1 character (see
+    :func:`_stray_cp1252`); other invalid bytes become U+FFFD, so one bad row costs that row's
     characters, not the file.
     """
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return raw.decode("utf-16", errors="replace")
-    return raw.decode("utf-8-sig", errors="replace")
+    return raw.decode("utf-8-sig", errors="affectverse_stray_cp1252")
 
 
 def read_text(path: Path) -> str:

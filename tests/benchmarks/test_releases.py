@@ -16,7 +16,7 @@ import pytest
 
 from affectverse_ds.benchmarks import get_benchmark
 from affectverse_ds.benchmarks.base import LayoutNotFound
-from affectverse_ds.benchmarks.layouts import normalise_subtitle
+from affectverse_ds.benchmarks.layouts import TEXT_NOTES, normalise_subtitle
 from affectverse_ds.benchmarks.mer2023 import NO_VALENCE_NOTE
 from affectverse_ds.data.shards import build_shards, inspect_root, scan_split
 from data_prep import build_shards as cli
@@ -196,6 +196,19 @@ def test_case6_meld_final_videos_recut_wins_and_is_recorded(tmp_path):
 ])
 def test_case7_subtitle_rule(raw, clean, kinds):
     assert normalise_subtitle(raw) == (clean, kinds)
+
+
+def test_case7_cp1252_bytes_in_a_utf8_csv(tmp_path):
+    """A CSV saved as cp1252 bytes (0x92 for the apostrophe) between UTF-8 rows: the byte is not lost as U+FFFD."""
+    root = make_fixture("meld", "official", tmp_path / "fx", n=2)
+    path = root / "test_sent_emo.csv"
+    raw = path.read_bytes()
+    first = rows_of(path)[0]["Utterance"]
+    path.write_bytes(raw.replace(first.encode(), b"It\x92s \x93fine\x94 \xff", 1))
+    items = scan("meld", "official", root, "test")
+    (item,) = [i for i in items if "fine" in i.subtitle]
+    assert item.subtitle == "It\u2019s \u201cfine\u201d \ufffd"
+    assert TEXT_NOTES["c1_control"] in item.notes and TEXT_NOTES["replacement_char"] in item.notes
 
 
 def test_case7_meld_c1_characters_repaired_counted_and_recorded(tmp_path):
