@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from affectverse_ds.benchmarks import get_benchmark
 from affectverse_ds.benchmarks.base import Label, RawItem

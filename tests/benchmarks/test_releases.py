@@ -8,9 +8,9 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -225,7 +225,6 @@ def test_case7_meld_c1_characters_repaired_counted_and_recorded(tmp_path):
     record = json.loads((out / "meld-test.build.json").read_text())
     assert record["text_quality"] == {"c1_control": 1, "mojibake": 1}
     assert record["shapes"] == ["meld.official: test_sent_emo.csv, output_repeated_splits_test/"]
-    import tarfile
     with tarfile.open(out / "meld-test-000000.tar") as tar:
         metas = [json.loads(tar.extractfile(m).read()) for m in tar if m.name.endswith(".json")]
     texts = {m["name"]: m["subtitle"] for m in metas}
