@@ -80,8 +80,9 @@ def main(argv=None) -> int:
     else:
         reports = [build_shards(args.benchmark, args.layout, args.root, args.split, args.out, **kwargs)]
     for r in reports:
+        text = ", ".join(f"{k} {v}" for k, v in r.record.get("text_quality", {}).items()) or "clean"
         print(f"{r.benchmark}/{r.split}: {r.items} items, {r.accepted} accepted, {r.rejected} rejected, "
-              f"{len(r.shards)} shards")
+              f"{len(r.shards)} shards; subtitles: {text}; shape: {'; '.join(r.record.get('shapes', [])) or '-'}")
     if not reports:
         print(f"no benchmark split found under {args.root} for layout {args.layout}", file=sys.stderr)
         return 1

@@ -73,6 +73,7 @@ class BuildReport:
     accepted: int
     rejected: int
     shards: list[str]
+    record: dict = field(default_factory=dict)  # what the scan found (scan_record): shapes, text quality...
 
 
 MANIFEST_SCHEMA = pa.schema([
@@ -340,7 +341,8 @@ def build_split(
     for item in items:  # scanners did this already; items made by hand get the same subtitle rule
         text_quality(item)
     prefix = f"{bench.name}-{split}-"
-    _check_state(out, prefix, items, bench, split, cfg, limits, resume, record=scan_record(items))
+    record = scan_record(items)
+    _check_state(out, prefix, items, bench, split, cfg, limits, resume, record=record)
     done_rows, done_sizes = _finished_shards(out, prefix) if resume else ([], {})
     done_keys = {row["key"] for row in done_rows}
     # scanner-rejected items (duplicates of a finished key among them) are redone: they cost nothing
@@ -363,7 +365,7 @@ def build_split(
     sizes = {**done_sizes, **writer.sizes}
     _merge_outputs(out, bench.name, split, prefix, rows, sizes)
     accepted = sum(r["status"] == "accepted" for r in rows)
-    return BuildReport(bench.name, split, len(rows), accepted, len(rows) - accepted, sorted(sizes))
+    return BuildReport(bench.name, split, len(rows), accepted, len(rows) - accepted, sorted(sizes), record)
 
 
 def _shard_paths(out: Path, prefix: str, suffix: str) -> list[Path]:

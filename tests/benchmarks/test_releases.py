@@ -245,7 +245,8 @@ def test_case8_all_fails_naming_a_present_unreadable_benchmark(tmp_path, capsys)
     assert rc == 1
     assert "cmumosi/train: unreadable" in out and "error: cmumosi/train is present" in err
     assert "not built: cmumosi/test, cmumosi/train, cmumosi/val" in err
-    assert "meld/test: 2 items, 2 accepted" in out  # the readable benchmark is still built
+    assert ("meld/test: 2 items, 2 accepted, 0 rejected, 1 shards; subtitles: clean; "
+            "shape: unibench: meld-process/, transcription-engchi-polish.csv:english") in out  # still built
     assert "sims/*: absent: no sims-process/ under" in out  # absent is listed, not an error
     assert "sims" not in err
 
