@@ -7,7 +7,9 @@ from affectverse_ds.benchmarks.base import (
 from affectverse_ds.benchmarks.layouts import ProcessedLayout, mark_duplicates, read_csv_rows, unibench_scanner
 
 LABEL_FILE = "ovlabel.csv"
-LAYOUT = ProcessedLayout(video_dirs=("video",), audio_dirs=("audio",), transcript="subtitle_eng.csv", text_column="sentence")
+# subtitle_eng.csv: name,sentence; some copies call the column `english` (read when `sentence` is absent)
+LAYOUT = ProcessedLayout(video_dirs=("video",), audio_dirs=("audio",), transcript="subtitle_eng.csv", text_column="sentence",
+                         alt_text_columns=("english",))
 
 
 def parse_word_list(text: str) -> tuple[str, ...]:
