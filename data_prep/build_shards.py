@@ -2,6 +2,13 @@
 
     python -m data_prep.build_shards --benchmark meld --layout unibench --root DATA --split test --out SHARDS --workers 8
     python -m data_prep.build_shards --all --layout unibench --root DATA --out SHARDS --workers 8
+    python -m data_prep.build_shards --dry-run --all --layout unibench --root DATA
+
+--dry-run scans without decoding and prints, per benchmark and split, the release shape recognised
+(or the file looked for and what was found instead), items, media found/missing, rejections by
+reason and subtitle text quality. --all prints the same table first. Either exits 1 when a
+benchmark that is present under --root has a split that could not be read, naming it; a
+benchmark that is simply absent is listed as absent.
 """
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ import sys
 
 from affectverse_ds import preflight
 from affectverse_ds.data.media import DecodeConfig
-from affectverse_ds.data.shards import ShardLimits, build_all, build_shards
+from affectverse_ds.data.shards import ShardLimits, build_all, build_shards, inspect_root, unreadable
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -19,7 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layout", required=True, choices=["unibench", "official"])
     p.add_argument("--root", required=True, help="dataset root, as the benchmark's scanner expects it")
     p.add_argument("--split", help="split name (not with --all)")
-    p.add_argument("--out", required=True, help="output folder for shards, sizes.json and manifest.parquet")
+    p.add_argument("--out", help="output folder for shards, sizes.json and manifest.parquet (not with --dry-run)")
+    p.add_argument("--dry-run", action="store_true", help="scan and print the table; decode and write nothing")
     p.add_argument("--workers", type=int, default=1, help="decoding processes (one decoder thread each)")
     p.add_argument("--resume", action="store_true", help="keep finished shards of an interrupted build")
     p.add_argument("--all", action="store_true", help="every benchmark and split found under --root")
@@ -31,9 +39,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.all == bool(args.benchmark or args.split):
         p.error("give either --all or both --benchmark and --split")
-    if not args.all and not (args.benchmark and args.split):
+    if not args.all and not (args.benchmark and args.split) and not (args.dry_run and args.benchmark):
         p.error("--benchmark and --split go together")
+    if not args.dry_run and not args.out:
+        p.error("--out is required (except with --dry-run)")
     return args
+
+
+def print_scan(scans) -> int:
+    """Print the scan table; 1 (naming them) when a present benchmark has an unreadable split, else 0."""
+    for scan in scans:
+        print(scan.line(), flush=True)
+    bad = unreadable(scans)
+    for scan in bad:
+        print(f"error: {scan.benchmark}/{scan.split} is present under the root but could not be read: {scan.detail}",
+              file=sys.stderr)
+    return 1 if bad else 0
 
 
 def main(argv=None) -> int:
@@ -44,17 +65,33 @@ def main(argv=None) -> int:
         cfg=DecodeConfig(max_duration=args.max_duration, center_crop=args.center_crop),
         limits=ShardLimits(max_count=args.shard_max_count, max_bytes=args.shard_max_bytes),
     )
+    if args.dry_run:
+        scans = inspect_root(args.layout, args.root, None if args.all else [args.benchmark])
+        if args.split:
+            scans = [s for s in scans if s.split in (args.split, "*")]
+        status = print_scan(scans)
+        if not args.all and not any(s.status == "ok" for s in scans):  # the one benchmark asked for is not there
+            print(f"error: {args.benchmark} not found under {args.root} for layout {args.layout}", file=sys.stderr)
+            return 1
+        return status
+    status = 0
     if args.all:
-        reports = build_all(args.layout, args.root, args.out, **kwargs)
+        scans = inspect_root(args.layout, args.root)
+        status = print_scan(scans)
+        reports = build_all(args.layout, args.root, args.out, scans=scans, **kwargs)
     else:
         reports = [build_shards(args.benchmark, args.layout, args.root, args.split, args.out, **kwargs)]
     for r in reports:
+        text = ", ".join(f"{k} {v}" for k, v in r.record.get("text_quality", {}).items()) or "clean"
         print(f"{r.benchmark}/{r.split}: {r.items} items, {r.accepted} accepted, {r.rejected} rejected, "
-              f"{len(r.shards)} shards")
+              f"{len(r.shards)} shards; subtitles: {text}; shape: {'; '.join(r.record.get('shapes', [])) or '-'}")
     if not reports:
         print(f"no benchmark split found under {args.root} for layout {args.layout}", file=sys.stderr)
         return 1
-    return 0
+    if status:
+        names = sorted({f"{s.benchmark}/{s.split}" for s in unreadable(scans)})
+        print(f"error: not built: {', '.join(names)} (present but unreadable; see above)", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ class RawItem:
         subtitle: transcript text ('' when none).
         segment: (start, end) seconds to cut from ``video`` (IEMOCAP official dialog videos), else None.
         crop: 'left' / 'right' half of the frame to keep (IEMOCAP's speaking actor), else None.
+        notes: non-fatal remarks the manifest keeps for an accepted item (subtitle repaired, no valence...).
+        shape: which known release shape the scanner read (``meld.official: train/train_sent_emo.csv``).
     """
 
     name: str
@@ -51,10 +53,37 @@ class RawItem:
     subtitle: str = ""
     segment: tuple[float, float] | None = None
     crop: Literal["left", "right"] | None = None
+    notes: list[str] = field(default_factory=list)
+    shape: str | None = None
 
 
 class LabelError(ValueError):
     """A label entry that cannot be turned into a :class:`Label` (unknown class, NaN score...)."""
+
+
+class SplitAbsent(KeyError):
+    """The benchmark (or the release the user has) has no such split: nothing to build, nothing lost."""
+
+
+class LayoutNotFound(FileNotFoundError):
+    """A scanner did not find the file its layout needs; the message names what it looked for and what is there."""
+
+    def __init__(self, what: str, folder: Path, looked_for: tuple[str, ...]):
+        self.folder, self.looked_for = Path(folder), tuple(looked_for)
+        super().__init__(f"{what} not found: looked for {' or '.join(looked_for)} in {folder}; "
+                         f"found {folder_listing(folder)}")
+
+
+def folder_listing(folder: Path, limit: int = 8) -> str:
+    """The first entries of a folder, for messages (``a.csv, video/, ... (12 more)``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "no such folder"
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    if not names:
+        return "an empty folder"
+    shown = ", ".join(names[:limit])
+    return shown + (f" ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 @dataclass
@@ -88,6 +117,11 @@ class Benchmark:
     # layout name ("unibench", "official") -> (root, split) -> every annotated item of that split
     scanners: dict[str, Callable[[Path, str], list[RawItem]]] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+
+    @property
+    def process_dirs(self) -> tuple[str, ...]:
+        """Folder names of the processed layout, the release's own name first (``extra['process_dirs']``)."""
+        return tuple(self.extra.get("process_dirs", (self.process_dir,)))
 
 
 REGISTRY: dict[str, Benchmark] = {}
@@ -131,10 +165,14 @@ def sentiment_target(label: Label) -> str:
 
 
 def checked_score(value: object, name: str) -> float:
+    if isinstance(value, bool):
+        raise LabelError(f"{name}: score {value!r} is a bool, not a number")
     try:
         score = float(value)
     except (TypeError, ValueError):
-        raise LabelError(f"{name}: score {value!r} is not a number") from None
+        raise LabelError(f"{name}: score {_short(value)} is not a number") from None
+    except OverflowError:  # an int beyond float range (10**400)
+        raise LabelError(f"{name}: score {_short(value)} is beyond float range") from None
     if math.isnan(score) or math.isinf(score):
         raise LabelError(f"{name}: score is {score}")
     return score
@@ -145,21 +183,35 @@ def class_from_index(classes: tuple[str, ...], value: object, name: str) -> str:
         if value not in classes:
             raise LabelError(f"{name}: unknown label {value!r}")
         return value
+    if isinstance(value, bool):
+        raise LabelError(f"{name}: label {value!r} is a bool, not a class index")
+    if isinstance(value, float) and not value.is_integer():  # 3.7, inf, nan: no class index
+        raise LabelError(f"{name}: label {value!r} is not an integer class index")
     try:
         idx = int(value)
-    except (TypeError, ValueError):
-        raise LabelError(f"{name}: label {value!r} is neither a class nor an index") from None
+    except (TypeError, ValueError, OverflowError):
+        raise LabelError(f"{name}: label {_short(value)} is neither a class nor an index") from None
     if not 0 <= idx < len(classes):
-        raise LabelError(f"{name}: class index {idx} outside 0..{len(classes) - 1}")
+        raise LabelError(f"{name}: class index {_short(idx)} outside 0..{len(classes) - 1}")
     return classes[idx]
+
+
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass
 class LabelTable:
-    """Labels of one split: the usable ones, and every entry that was not usable with its reason."""
+    """Labels of one split: the usable ones, and every entry that was not usable with its reason.
+
+    ``repeated``: (name, reason) of entries whose name repeats one already in the table (an npz dict
+    can hold the int key ``5`` and the string key ``'5'``); they are rejected, never dropped.
+    """
 
     labels: dict[str, Label]
     rejected: dict[str, str]
+    repeated: list[tuple[str, str]] = field(default_factory=list)
 
 
 def npz_labels(
@@ -179,18 +231,28 @@ def npz_labels(
     def load(process_root: Path, split: str) -> LabelTable:
         member, keep = corpus(split)
         path = Path(process_root) / label_file
+        if not path.is_file():
+            raise LayoutNotFound("label file", path.parent, (label_file,))
         archive = load_npz(path)
         if member not in archive:
-            raise KeyError(f"{path}: no {member!r} (has {', '.join(sorted(archive))})")
+            raise SplitAbsent(f"{path}: no {member!r} (has {', '.join(sorted(map(str, archive)))})")
+        entries = archive[member]
+        if not isinstance(entries, dict):
+            raise ValueError(f"{path}: {member!r} is a {type(entries).__name__}, not a dict of entries")
         table = LabelTable({}, {})
-        for name, entry in archive[member].items():
-            name = str(name)
+        for key, entry in entries.items():
+            name = str(key)
             if not keep(name):
+                continue
+            if name in table.labels or name in table.rejected:
+                table.repeated.append((name, f"{name}: key {key!r} repeats a name already in {member!r}"))
                 continue
             try:
                 table.labels[name] = to_label(entry, name)
             except LabelError as err:
                 table.rejected[name] = str(err)
+            except (ArithmeticError, TypeError, ValueError) as err:  # one entry never aborts the split
+                table.rejected[name] = f"{name}: unreadable label entry ({type(err).__name__}: {err})"
         return table
 
     return load

@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 from affectverse_ds.benchmarks.base import (
-    DISCRETE_QUESTION, Benchmark, Label, RawItem, class_from_index, emotion_target, npz_labels, register,
+    DISCRETE_QUESTION, Benchmark, Label, LayoutNotFound, RawItem, SplitAbsent, class_from_index, emotion_target, npz_labels, register,
 )
 from affectverse_ds.benchmarks.layouts import (
     ProcessedLayout, entry_value, finish, index_media, mark_duplicates, missing_media, read_text, reject, shown,
@@ -125,11 +125,11 @@ def _session_root(root: Path) -> Path:
 def scan_official(root: Path, split: str) -> list[RawItem]:
     """Every labelled turn of the split's sessions, cut from its dialog video by time, speaker half kept."""
     if split not in SESSIONS:
-        raise KeyError(f"iemocap has splits train (Sessions 1-4) and test (Session 5), not {split!r}")
+        raise SplitAbsent(f"iemocap has splits train (Sessions 1-4) and test (Session 5), not {split!r}")
     root = _session_root(Path(root))
     dialogs = [d for s in SESSIONS[split] if (d := root / f"Session{s}" / "dialog").is_dir()]
     if not dialogs:
-        raise FileNotFoundError(f"no Session{'/'.join(map(str, SESSIONS[split]))}/dialog under {root}")
+        raise LayoutNotFound("IEMOCAP sessions", root, tuple(f"Session{s}/dialog" for s in SESSIONS[split]))
     items: list[RawItem] = []
     for dialog_dir in dialogs:
         videos = index_media(dialog_dir / "avi" / "DivX", (".avi",))
@@ -140,7 +140,7 @@ def scan_official(root: Path, split: str) -> list[RawItem]:
             texts = read_transcription(dialog_dir / "transcriptions" / path.name)
             items += _evaluation_items(path, split, videos.get(path.stem), texts, video_dir)
     mark_duplicates(items)
-    return finish(items)
+    return finish(items, "iemocap.official: Session*/dialog/{EmoEvaluation,transcriptions,avi/DivX}")
 
 
 BENCHMARK = register(Benchmark(

@@ -40,6 +40,7 @@ class ProcessedLayout:
         transcript: transcript CSV file name.
         text_column: CSV column holding the subtitle (``chinese`` / ``english`` / ``sentence``).
         video_exts: accepted video extensions, most preferred first.
+        alt_text_columns: further columns read when ``text_column`` is absent (MERTools writes ``sentence``).
     """
 
     video_dirs: tuple[str, ...]
@@ -47,20 +48,37 @@ class ProcessedLayout:
     transcript: str = "transcription-engchi-polish.csv"
     text_column: str = "english"
     video_exts: tuple[str, ...] = field(default=VIDEO_EXTS)
+    alt_text_columns: tuple[str, ...] = ()
+
+    @property
+    def text_columns(self) -> tuple[str, ...]:
+        return (self.text_column, *self.alt_text_columns)
 
 
 # ----------------------------------------------------------------------------- text files
+
+def _stray_cp1252(err: UnicodeDecodeError) -> tuple[str, int]:
+    """Decode error handler: an invalid byte 0x80-0x9F (a cp1252 quote or dash in an otherwise UTF-8
+    file, as in MELD's pre-2020 CSVs) becomes the C1 character of that value, which the subtitle rule
+    then maps and counts (``c1_control``); any other invalid byte becomes U+FFFD."""
+    bad = err.object[err.start:err.end]
+    return "".join(chr(b) if 0x80 <= b <= 0x9F else REPLACEMENT_CHAR for b in bad), err.end
+
+
+codecs.register_error("affectverse_stray_cp1252", _stray_cp1252)
+
 
 def decode_text(raw: bytes) -> str:
     """Bytes of a text file -> str, never raising.
 
     UTF-8 (with or without BOM) is what every benchmark ships; UTF-16 appears when a CSV
-    went through a spreadsheet. Invalid bytes become U+FFFD, so one bad row costs that row's
+    went through a spreadsheet. A stray cp1252 punctuation byte becomes its C1 character (see
+    :func:`_stray_cp1252`); other invalid bytes become U+FFFD, so one bad row costs that row's
     characters, not the file.
     """
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return raw.decode("utf-16", errors="replace")
-    return raw.decode("utf-8-sig", errors="replace")
+    return raw.decode("utf-8-sig", errors="affectverse_stray_cp1252")
 
 
 def read_text(path: Path) -> str:
@@ -70,47 +88,151 @@ def read_text(path: Path) -> str:
 def read_csv_rows(path: Path) -> list[dict[str, str]]:
     """Rows of a CSV file as dicts (header names stripped), tolerant of bad bytes.
 
-    A malformed file (NUL bytes, a broken quote running to the end) yields the rows read
-    before the problem and a warning, never an exception.
+    A malformed row (an unterminated quote that would swallow the rest of the file, a stray
+    quote) gets a warning naming its line, and from that row on every physical line is read as
+    one row, so the rows after it are not merged into one field and lost. NUL bytes are dropped.
     """
     text = read_text(path).replace("\x00", "")
     rows: list[dict[str, str]] = []
-    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] = []
+
+    def add(row: list[str]) -> None:
+        if row:
+            rows.append({key: (row[i] if i < len(row) else "") for i, key in enumerate(header)})
+
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    start = 0  # physical line (0-based) where the row being read starts
     try:
         header = [h.strip() for h in next(reader, [])]
+        start = reader.line_num
         for row in reader:
-            if row:
-                rows.append({key: (row[i] if i < len(row) else "") for i, key in enumerate(header)})
+            add(row)
+            start = reader.line_num
     except csv.Error as err:
-        log.warning("%s: CSV unreadable after %d rows (%s); later rows ignored", path, len(rows), err)
+        lines = text.splitlines()
+        log.warning("%s: malformed CSV row at line %d (%s); from there on each line is read as one row",
+                    path, start + 1, err)
+        for line in lines[start:]:
+            add(next(csv.reader([line]), []))
     return rows
 
 
-def read_transcript(path: Path, column: str, name_column: str = "name") -> dict[str, str]:
-    """``name -> subtitle`` from a transcript CSV; a missing file or column gives ``{}`` with a warning.
+@dataclass
+class Transcript:
+    """Subtitles of a transcript CSV: ``texts`` (name -> text), the ``column`` read, and the ``problem``
+    that left them empty (missing file, no known column), which every item then carries as a note."""
 
-    An empty cell is an empty subtitle (kept). When a name repeats, the first row wins.
-    """
+    texts: dict[str, str]
+    column: str | None = None
+    problem: str | None = None
+
+
+def read_subtitles(path: Path, columns: tuple[str, ...], name_column: str = "name", shown_as: str = "") -> Transcript:
+    """The first of ``columns`` present in the transcript CSV at ``path`` (first row of a repeated name wins)."""
+    shown_as = shown_as or str(path)
     if not Path(path).is_file():
-        log.warning("no transcript %s: subtitles will be empty", path)
-        return {}
+        return Transcript({}, None, f"no transcript {shown_as}")
     rows = read_csv_rows(path)
-    if rows and (column not in rows[0] or name_column not in rows[0]):
-        log.warning("%s has no %r/%r column (has %s): subtitles will be empty",
-                    path, name_column, column, list(rows[0]))
-        return {}
+    if not rows:
+        return Transcript({}, None, f"transcript {shown_as} has no rows")
+    column = next((c for c in columns if c in rows[0]), None)
+    if column is None or name_column not in rows[0]:
+        wanted = "/".join(columns)
+        return Transcript({}, None, f"transcript {shown_as} has no {name_column!r} and {wanted!r} columns "
+                                    f"(has {', '.join(rows[0])})")
     out: dict[str, str] = {}
     for row in rows:
         out.setdefault(row[name_column].strip(), (row[column] or "").strip())
-    return out
+    return Transcript(out, column)
+
+
+def read_transcript(path: Path, column: str, name_column: str = "name") -> dict[str, str]:
+    """``name -> subtitle`` from a transcript CSV; a missing file or column gives ``{}`` with a warning."""
+    transcript = read_subtitles(path, (column,), name_column)
+    if transcript.problem:
+        log.warning("%s: subtitles will be empty", transcript.problem)
+    return transcript.texts
+
+
+# ----------------------------------------------------------------------------- subtitle text quality
+
+# Kinds of the text-quality pass, as counted in the build record and named in manifest notes.
+TEXT_KINDS = ("mojibake", "c1_control", "control", "replacement_char", "empty")
+_MOJIBAKE_HINTS = ("\u00e2\u20ac", "\u00c3", "\u00c2", "\u00e2\u0080")
+
+
+def normalise_subtitle(text: str) -> tuple[str, list[str]]:
+    """Apply the documented subtitle rule (docs/datasets.md); returns (text, kinds found).
+
+    1. ``mojibake``: text that is UTF-8 read as cp1252/latin-1 (``don\u00e2\u20ac\u2122t``) is decoded back
+       (``don\u2019t``) when the round trip is exact.
+    2. ``c1_control``: U+0080-U+009F (pre-2020 MELD CSVs) become the cp1252 character of that byte
+       (U+0092 -> \u2019, U+0096 -> \u2013, U+0085 -> \u2026); the five bytes cp1252 leaves undefined are removed.
+    3. ``control``: other control characters are removed; tab, CR and LF become a space.
+    4. ``replacement_char``: U+FFFD (invalid bytes in the file) is kept, there is nothing to restore.
+    5. ``empty``: empty after stripping; the item is kept with no text.
+    """
+    kinds: list[str] = []
+    if any(hint in text for hint in _MOJIBAKE_HINTS):
+        for enc in ("cp1252", "latin-1"):
+            try:
+                fixed = text.encode(enc).decode("utf-8")
+            except (UnicodeEncodeError, UnicodeDecodeError):
+                continue
+            if fixed != text:
+                text = fixed
+                kinds.append("mojibake")
+                break
+    out, c1, control = [], False, False
+    for ch in text:
+        code = ord(ch)
+        if 0x80 <= code <= 0x9F:
+            c1 = True
+            try:
+                out.append(bytes([code]).decode("cp1252"))
+            except UnicodeDecodeError:
+                pass
+        elif ch in "\t\r\n":
+            control = True
+            out.append(" ")
+        elif code < 0x20 or code == 0x7F:
+            control = True
+        else:
+            out.append(ch)
+    text = "".join(out).strip()
+    kinds += ["c1_control"] * c1 + ["control"] * control
+    if REPLACEMENT_CHAR in text:
+        kinds.append("replacement_char")
+    if not text:
+        kinds.append("empty")
+    return text, kinds
+
+
+TEXT_NOTES = {
+    "mojibake": "subtitle mojibake repaired (UTF-8 read as cp1252)",
+    "c1_control": "subtitle C1 control characters mapped to their cp1252 characters",
+    "control": "subtitle control characters removed",
+    "replacement_char": "subtitle had invalid UTF-8 bytes (replaced with U+FFFD)",
+    "empty": "empty subtitle",
+}
+
+
+def text_quality(item: RawItem) -> list[str]:
+    """Normalise ``item.subtitle`` in place and return the kinds found (also added to ``item.notes``)."""
+    item.subtitle, kinds = normalise_subtitle(item.subtitle)
+    for kind in kinds:
+        note = TEXT_NOTES[kind]
+        if note not in item.notes:
+            item.notes.append(note)
+    return kinds
 
 
 def subtitle_note(item: RawItem) -> str | None:
     """A manifest note for a *kept* item whose subtitle is empty or had invalid bytes, else None."""
     if not item.subtitle.strip():
-        return "empty subtitle"
+        return TEXT_NOTES["empty"]
     if REPLACEMENT_CHAR in item.subtitle:
-        return "subtitle had invalid UTF-8 bytes (replaced with U+FFFD)"
+        return TEXT_NOTES["replacement_char"]
     return None
 
 
@@ -158,6 +280,7 @@ def items_from_table(table: LabelTable, split: str) -> list[RawItem]:
     """One RawItem per entry of a LabelTable: usable labels, then the rejected ones with their reason."""
     items = [RawItem(name=name, split=split, label=label) for name, label in table.labels.items()]
     items += [RawItem(name=name, split=split, label=None, reject=reason) for name, reason in table.rejected.items()]
+    items += [RawItem(name=name, split=split, label=None, reject=reason) for name, reason in table.repeated]
     return items
 
 
@@ -178,15 +301,59 @@ def mark_duplicates(items: list[RawItem]) -> None:
             seen[item.name] = i
 
 
-def finish(items: list[RawItem]) -> list[RawItem]:
-    """Final order: by name (stable, so a duplicate stays after the entry it repeats)."""
+def finish(items: list[RawItem], shape: str | None = None) -> list[RawItem]:
+    """Last step of every scanner: the text-quality pass on subtitles (:func:`normalise_subtitle`),
+    the release ``shape`` read, and the final order: by name (stable, so a duplicate stays after the
+    entry it repeats)."""
+    for item in items:
+        text_quality(item)
+        if shape is not None and item.shape is None:
+            item.shape = shape
     return sorted(items, key=lambda item: item.name)
 
 
-def resolve_process_root(root: Path, process_dir: str) -> Path:
-    """``root`` may be the folder holding ``<process_dir>/`` or that folder itself."""
+def resolve_process_root(root: Path, process_dir: str | tuple[str, ...]) -> Path:
+    """``root`` may be the folder holding ``<process_dir>/`` or that folder itself; with several known
+    folder names (OV-MERD+: ``ovmerdplus-process`` in MER-UniBench, ``ovmerd-process``) the first present wins."""
     root = Path(root)
-    return root / process_dir if (root / process_dir).is_dir() else root
+    names = (process_dir,) if isinstance(process_dir, str) else tuple(process_dir)
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    return root
+
+
+def process_root_present(root: Path, bench: Benchmark) -> Path | None:
+    """The benchmark's processed folder under ``root`` (or ``root`` itself when it is one), else None."""
+    root = Path(root)
+    for name in bench.process_dirs:
+        if (root / name).is_dir():
+            return root / name
+    return root if root.name in bench.process_dirs and root.is_dir() else None
+
+
+def plain_name(part: str) -> bool:
+    """A file or folder name taken from label data that names something directly inside its folder."""
+    return bool(part) and part not in (".", "..") and "/" not in part and "\\" not in part and "\x00" not in part
+
+
+def confine(items: list[RawItem], root: Path) -> None:
+    """Reject every item whose media path resolves (symlinks followed) outside ``root``."""
+    base = Path(root).resolve()
+    for item in items:
+        for path in (item.video, item.audio):
+            if path is None:
+                continue
+            try:
+                Path(path).resolve().relative_to(base)
+            except ValueError:
+                reject(item, f"media path {shown(Path(path), Path(root))} resolves outside the dataset root")
+                item.video = item.audio = None
+                break
+            except OSError as err:  # a symlink loop
+                reject(item, f"media path {shown(Path(path), Path(root))} cannot be resolved ({err})")
+                item.video = item.audio = None
+                break
 
 
 def shown(path: Path, root: Path) -> str:
@@ -247,7 +414,7 @@ def unibench_scanner(
     """
 
     def scan(root: Path, split: str) -> list[RawItem]:
-        proc = resolve_process_root(root, bench.process_dir)
+        proc = resolve_process_root(root, bench.process_dirs)
         items = entries(proc, split) if entries else items_from_table(bench.load_labels(proc, split), split)
         mark_duplicates(items)
         video_dir = first_dir(proc, layout.video_dirs)
@@ -255,9 +422,15 @@ def unibench_scanner(
             log.warning("%s: none of the video folders %s exists", proc, "/, ".join(layout.video_dirs) + "/")
         videos = index_media(video_dir, layout.video_exts)
         audios = index_media(first_dir(proc, layout.audio_dirs), (".wav",))
-        subtitles = read_transcript(proc / layout.transcript, layout.text_column)
+        transcript = read_subtitles(proc / layout.transcript, layout.text_columns,
+                                    shown_as=shown(proc / layout.transcript, Path(root)))
         folder = shown(video_dir or proc / layout.video_dirs[0], Path(root))
-        attach_media(items, folder, videos, audios, subtitles, layout.video_exts)
-        return finish(items)
+        attach_media(items, folder, videos, audios, transcript.texts, layout.video_exts)
+        if transcript.problem:
+            log.warning("%s: subtitles will be empty", transcript.problem)
+            for item in items:
+                item.notes.append(transcript.problem)
+        shape = f"unibench: {proc.name}/" + (f", {layout.transcript}:{transcript.column}" if transcript.column else "")
+        return finish(items, shape)
 
     return scan

@@ -1,9 +1,10 @@
 """MELD: seven emotions from Friends; labels are indices into CLASSES."""
+import re
 from pathlib import Path
 
 from affectverse_ds.benchmarks.base import (
-    DISCRETE_QUESTION, Benchmark, Label, LabelError, RawItem, class_from_index, emotion_target, npz_labels,
-    plain_corpus, register,
+    DISCRETE_QUESTION, Benchmark, Label, LabelError, LayoutNotFound, RawItem, SplitAbsent, class_from_index,
+    emotion_target, npz_labels, plain_corpus, register,
 )
 from affectverse_ds.benchmarks.layouts import (
     VIDEO_EXTS, ProcessedLayout, attach_media, entry_value, finish, first_dir, index_media, mark_duplicates,
@@ -13,13 +14,20 @@ from affectverse_ds.benchmarks.layouts import (
 CLASSES = ("anger", "joy", "sadness", "neutral", "disgust", "fear", "surprise")
 LAYOUT = ProcessedLayout(video_dirs=("subvideo",), audio_dirs=("subaudio", "audio"), text_column="english")
 
-# Official release (MELD.Raw): split -> (label CSV, clip folder as unpacked from the split's tarball).
-# The tarballs unpack to these folder names; some users unpack them inside train/ dev/ test/.
+# Official release (MELD.Raw): split -> (label CSV candidates, clip folder candidates), first present wins.
+# MELD.Raw.tar.gz keeps train_sent_emo.csv inside train/ (beside train.tar.gz) and the dev/test CSVs at
+# the top; declare-lab/MELD's repository (data/MELD/) has all three CSVs side by side. The split tarballs
+# unpack to these folder names; some users unpack them inside train/ dev/ test/.
 OFFICIAL = {
-    "train": ("train_sent_emo.csv", ("train_splits", "train/train_splits")),
-    "val": ("dev_sent_emo.csv", ("dev_splits_complete", "dev/dev_splits_complete")),
-    "test": ("test_sent_emo.csv", ("output_repeated_splits_test", "test/output_repeated_splits_test")),
+    "train": (("train/train_sent_emo.csv", "train_sent_emo.csv"), ("train/train_splits", "train_splits")),
+    "val": (("dev_sent_emo.csv", "dev/dev_sent_emo.csv"), ("dev_splits_complete", "dev/dev_splits_complete")),
+    "test": (("test_sent_emo.csv", "test/test_sent_emo.csv"),
+             ("output_repeated_splits_test", "test/output_repeated_splits_test")),
 }
+# The test folder also holds re-cut clips `final_videos_testdia{D}_utt{U}.mp4` (declare-lab/MELD #20, #22):
+# when one exists for an annotated utterance it is used instead of `dia{D}_utt{U}.mp4` (the cut that issue
+# reports minutes long), and the item's notes say so.
+FINAL_VIDEO = re.compile(r"final_videos_test(dia\d+_utt\d+)$")
 
 
 def _label(entry: dict, name: str) -> Label:
@@ -44,18 +52,30 @@ def _official_item(row: dict[str, str], split: str) -> RawItem:
 def scan_official(root: Path, split: str) -> list[RawItem]:
     """Rows of the split's ``*_sent_emo.csv`` with clips ``dia{D}_utt{U}.mp4`` from its folder."""
     if split not in OFFICIAL:
-        raise KeyError(f"meld splits are {', '.join(OFFICIAL)} (dev is called val), not {split!r}")
+        raise SplitAbsent(f"meld splits are {', '.join(OFFICIAL)} (dev is called val), not {split!r}")
     root = Path(root)
-    csv_name, clip_dirs = OFFICIAL[split]
-    if not (root / csv_name).is_file():
-        raise FileNotFoundError(f"MELD label file not found: {root / csv_name}")
+    csv_names, clip_dirs = OFFICIAL[split]
+    csv_name = next((c for c in csv_names if (root / c).is_file()), None)
+    if csv_name is None:
+        raise LayoutNotFound(f"MELD {split} label file", root, csv_names)
     items = [_official_item(row, split) for row in read_csv_rows(root / csv_name)]
     mark_duplicates(items)
     clip_dir = first_dir(root, clip_dirs)
-    videos = {f"{split}_{stem}": path for stem, path in index_media(clip_dir, VIDEO_EXTS).items()}
+    found = index_media(clip_dir, VIDEO_EXTS)
+    videos = {f"{split}_{stem}": path for stem, path in found.items() if not stem.startswith("final_videos_")}
+    recut: dict[str, str] = {}
+    for stem, path in found.items():
+        match = FINAL_VIDEO.match(stem)
+        if match and split == "test":
+            name = f"{split}_{match[1]}"
+            recut[name] = (f"clip {path.name} (re-cut) used" + (f" instead of {videos[name].name}" if name in videos else ""))
+            videos[name] = path
     folder = shown(clip_dir or root / clip_dirs[0], root)
     attach_media(items, folder, videos, {}, None, VIDEO_EXTS, file_stem=lambda name: name.split("_", 1)[1])
-    return finish(items)
+    for item in items:
+        if item.name in recut and item.video is not None:
+            item.notes.append(recut[item.name])
+    return finish(items, f"meld.official: {csv_name}, {folder}/")
 
 
 BENCHMARK = register(Benchmark(

@@ -2,12 +2,14 @@
 from pathlib import Path
 
 from affectverse_ds.benchmarks.base import (
-    OPENSET_QUESTION, Benchmark, Label, LabelTable, RawItem, emotion_target, register,
+    OPENSET_QUESTION, Benchmark, Label, LabelTable, LayoutNotFound, RawItem, SplitAbsent, emotion_target, register,
 )
 from affectverse_ds.benchmarks.layouts import ProcessedLayout, mark_duplicates, read_csv_rows, unibench_scanner
 
 LABEL_FILE = "ovlabel.csv"
-LAYOUT = ProcessedLayout(video_dirs=("video",), audio_dirs=("audio",), transcript="subtitle_eng.csv", text_column="sentence")
+# subtitle_eng.csv: name,sentence; some copies call the column `english` (read when `sentence` is absent)
+LAYOUT = ProcessedLayout(video_dirs=("video",), audio_dirs=("audio",), transcript="subtitle_eng.csv", text_column="sentence",
+                         alt_text_columns=("english",))
 
 
 def parse_word_list(text: str) -> tuple[str, ...]:
@@ -19,10 +21,10 @@ def parse_word_list(text: str) -> tuple[str, ...]:
 def label_items(process_root: Path, split: str) -> list[RawItem]:
     """Every row of ``ovlabel.csv`` as an item in file order (a CSV can repeat a name; the scanner rejects repeats)."""
     if split != "test":
-        raise KeyError(f"ovmerd is test-only, not {split!r}")
+        raise SplitAbsent(f"ovmerd is test-only, not {split!r}")
     path = Path(process_root) / LABEL_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"label file not found: {path}")
+        raise LayoutNotFound("OV-MERD+ label file", path.parent, (LABEL_FILE,))
     items = []
     for row in read_csv_rows(path):
         name = (row.get("name") or "").strip()
@@ -51,4 +53,7 @@ BENCHMARK = register(Benchmark(
     load_labels=load_ovlabels, question=OPENSET_QUESTION, target=emotion_target,
 ))
 BENCHMARK.extra["layout"] = LAYOUT
+# MER-UniBench's tree (AffectGPT config.py: DATA_DIR['OVMERDPlus'] = 'ovmerdplus-process') first;
+# `ovmerd-process`, this project's earlier name, still read.
+BENCHMARK.extra["process_dirs"] = ("ovmerdplus-process", "ovmerd-process")
 BENCHMARK.scanners["unibench"] = unibench_scanner(BENCHMARK, LAYOUT, entries=label_items)

@@ -22,8 +22,10 @@ import multiprocessing as mp
 import os
 import sys
 import tarfile
+import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -34,7 +36,8 @@ import soundfile as sf
 from tqdm import tqdm
 
 from affectverse_ds.benchmarks import get_benchmark
-from affectverse_ds.benchmarks.base import Benchmark, RawItem
+from affectverse_ds.benchmarks.base import Benchmark, LayoutNotFound, RawItem, SplitAbsent
+from affectverse_ds.benchmarks.layouts import TEXT_NOTES, confine, process_root_present, subtitle_note, text_quality
 from affectverse_ds.chat import build_messages, render
 from affectverse_ds.data import schema
 from affectverse_ds.data.media import Clip, DecodeConfig, MediaError, decode_clip
@@ -70,12 +73,14 @@ class BuildReport:
     accepted: int
     rejected: int
     shards: list[str]
+    record: dict = field(default_factory=dict)  # what the scan found (scan_record): shapes, text quality...
 
 
 MANIFEST_SCHEMA = pa.schema([
     ("key", pa.string()), ("benchmark", pa.string()), ("name", pa.string()), ("split", pa.string()),
     ("status", pa.string()), ("reason", pa.string()), ("shard", pa.string()), ("label", pa.string()),
     ("duration", pa.float64()), ("frames", pa.int32()), ("audio_seconds", pa.float64()), ("source", pa.string()),
+    ("shape", pa.string()),  # the release shape the scanner read (RawItem.shape)
 ])
 
 
@@ -99,6 +104,10 @@ def encode_item(item: RawItem, bench: Benchmark, root: Path, cfg: DecodeConfig) 
         reason = "no label"
     if reason is None and item.video is None:
         reason = "no video file"
+    if reason is None:  # the scanners confine media to the root; a hand-made item is checked here too
+        probe = RawItem(item.name, item.split, item.label, video=item.video, audio=item.audio)
+        confine([probe], root)
+        reason = probe.reject
     if reason is not None:
         return Encoded(key, None, _row(key, bench, item, "rejected", reason))
     try:
@@ -126,7 +135,7 @@ def build_meta(item: RawItem, bench: Benchmark, clip: Clip, root: Path, cfg: Dec
         "subtitle": item.subtitle, "question": bench.question, "answer": answer,
         "messages": messages, "text": render(messages),
         "source": _rel(item.video, root), "source_sha256": file_sha256(str(item.video)),
-        "synthetic": bench.synthetic, "notes": clip.notes + _subtitle_notes(item),
+        "synthetic": bench.synthetic, "notes": clip.notes + _item_notes(item), "shape": item.shape,
         "segment": list(item.segment) if item.segment else None, "crop": item.crop,
         "audio_source": _rel(item.audio, root) if item.audio is not None else None,
     }
@@ -136,11 +145,11 @@ def build_meta(item: RawItem, bench: Benchmark, clip: Clip, root: Path, cfg: Dec
     return meta
 
 
-def _subtitle_notes(item: RawItem) -> list[str]:
-    from affectverse_ds.benchmarks.layouts import subtitle_note  # the scanners' own wording
-
+def _item_notes(item: RawItem) -> list[str]:
+    """The scanner's notes (subtitle repairs, no valence, re-cut clip), plus the subtitle note of an
+    item that did not come through a scanner."""
     note = subtitle_note(item)
-    return [note] if note else []
+    return list(item.notes) + ([note] if note and note not in item.notes else [])
 
 
 def sample_members(key: str, meta: dict, clip: Clip, cfg: DecodeConfig) -> list[tuple[str, bytes]]:
@@ -161,7 +170,7 @@ def meta_row(key: str, meta: dict, shard: str | None) -> dict:
         "status": "accepted", "reason": "; ".join(meta.get("notes") or []), "shard": shard,
         "label": json.dumps(meta["label"], sort_keys=True), "duration": float(meta["duration"]),
         "frames": meta["n_frames"], "audio_seconds": meta["audio_samples"] / meta["sample_rate"],
-        "source": meta["source"],
+        "source": meta["source"], "shape": meta.get("shape"),
     }
 
 
@@ -169,7 +178,7 @@ def _row(key, bench, item, status, reason, source=None) -> dict:
     label = item.label.to_json() if item.label is not None else None
     return {"key": key, "benchmark": bench.name, "name": item.name, "split": item.split, "status": status,
             "reason": reason, "shard": None, "label": json.dumps(label, sort_keys=True), "duration": None,
-            "frames": 0, "audio_seconds": 0.0, "source": source}
+            "frames": 0, "audio_seconds": 0.0, "source": source, "shape": item.shape}
 
 
 def _rel(path, root: Path) -> str:
@@ -298,7 +307,7 @@ def _dedupe(items: list[RawItem], bench: Benchmark) -> list[RawItem]:
     for item in sorted(items, key=lambda it: schema.sample_key(bench.name, it.split, it.name)):
         key = schema.sample_key(bench.name, item.split, item.name)
         if key in seen and item.reject is None:
-            item = RawItem(item.name, item.split, item.label, reject=f"duplicate key {key!r}")
+            item = replace(item, reject=f"duplicate key {key!r}", notes=list(item.notes))  # keeps its shape
         seen.add(key)
         out.append(item)
     return out
@@ -329,8 +338,11 @@ def build_split(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     items = _dedupe(items, bench)
+    for item in items:  # scanners did this already; items made by hand get the same subtitle rule
+        text_quality(item)
     prefix = f"{bench.name}-{split}-"
-    _check_state(out, prefix, items, bench, split, cfg, limits, resume)
+    record = scan_record(items)
+    _check_state(out, prefix, items, bench, split, cfg, limits, resume, record=record)
     done_rows, done_sizes = _finished_shards(out, prefix) if resume else ([], {})
     done_keys = {row["key"] for row in done_rows}
     # scanner-rejected items (duplicates of a finished key among them) are redone: they cost nothing
@@ -353,15 +365,16 @@ def build_split(
     sizes = {**done_sizes, **writer.sizes}
     _merge_outputs(out, bench.name, split, prefix, rows, sizes)
     accepted = sum(r["status"] == "accepted" for r in rows)
-    return BuildReport(bench.name, split, len(rows), accepted, len(rows) - accepted, sorted(sizes))
+    return BuildReport(bench.name, split, len(rows), accepted, len(rows) - accepted, sorted(sizes), record)
 
 
 def _shard_paths(out: Path, prefix: str, suffix: str) -> list[Path]:
     return sorted(p for p in out.glob(f"{prefix}*{suffix}") if p.name[len(prefix):-len(suffix)].isdigit())
 
 
-def _check_state(out, prefix, items, bench, split, cfg, limits, resume) -> None:
-    """Record the build settings; refuse to resume a build made with other settings or other items."""
+def _check_state(out, prefix, items, bench, split, cfg, limits, resume, record=None) -> None:
+    """Write the build record (settings, items, plus ``record``: shapes read, text quality, rejections);
+    refuse to resume a build made with other settings or other items (``record`` is not compared)."""
     for tmp in _shard_paths(out, prefix, ".tar.tmp"):
         tmp.unlink()  # an interrupted shard: never reused
     keys = "\n".join(schema.sample_key(bench.name, it.split, it.name) for it in items)
@@ -370,14 +383,14 @@ def _check_state(out, prefix, items, bench, split, cfg, limits, resume) -> None:
     path = out / f"{prefix[:-1]}.build.json"
     if resume and path.exists():
         old = json.loads(path.read_text())
-        if old != state:
+        if {k: old.get(k) for k in state} != state:
             changed = sorted(k for k in state if old.get(k) != state[k])
             raise ValueError(f"cannot resume {path.name}: settings or items changed ({', '.join(changed)}); "
                              f"rebuild without --resume")
     if not resume:
         for shard in _shard_paths(out, prefix, ".tar"):
             shard.unlink()  # stale shards of an earlier build would otherwise be picked up by globs
-    _atomic_write(path, json.dumps(state, indent=1, sort_keys=True).encode())
+    _atomic_write(path, json.dumps({**state, **(record or {})}, indent=1, sort_keys=True).encode())
 
 
 def _finished_shards(out: Path, prefix: str) -> tuple[list[dict], dict[str, int]]:
@@ -428,6 +441,15 @@ def split_names(bench: Benchmark) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def scan_split(bench: Benchmark, layout: str, root: Path, split: str) -> list[RawItem]:
+    """Every annotated item of one split, each media path confined to ``root`` (symlinks followed)."""
+    if layout not in bench.scanners:
+        raise KeyError(f"{bench.name} has no scanner for layout {layout!r} (has {', '.join(bench.scanners) or 'none'})")
+    items = bench.scanners[layout](Path(root), split)
+    confine(items, Path(root))
+    return items
+
+
 def build_shards(benchmark: str, layout: str, root: Path, split: str, out: Path, **kwargs) -> BuildReport:
     """Scan one benchmark split in its on-disk layout and write its shards (kwargs: see :func:`build_split`).
 
@@ -442,30 +464,125 @@ def build_shards(benchmark: str, layout: str, root: Path, split: str, out: Path,
         A :class:`BuildReport`.
     """
     bench = get_benchmark(benchmark)
-    if layout not in bench.scanners:
-        raise KeyError(f"{benchmark} has no scanner for layout {layout!r} (has {', '.join(bench.scanners) or 'none'})")
-    items = bench.scanners[layout](Path(root), split)
+    items = scan_split(bench, layout, Path(root), split)
     return build_split(bench, split, items, Path(root), Path(out), **kwargs)
 
 
-def build_all(layout: str, root: Path, out: Path, **kwargs) -> list[BuildReport]:
-    """Build every benchmark split whose scanner finds items under ``root``.
+# ----------------------------------------------------------------------------- scanning a root (dry run, --all)
 
-    A split is "found" when its scanner returns items; a scanner that raises
-    FileNotFoundError/KeyError/ValueError for a missing benchmark or split is skipped.
+_TEXT_KIND = {note: kind for kind, note in TEXT_NOTES.items()}
+
+
+def reason_kind(reason: str) -> str:
+    """A rejection reason -> its kind for the scan table (``no media file``, ``duplicate``, ``path``, ``label``)."""
+    if reason.startswith("no media file") or reason == "no video file":
+        return "no media file"
+    if "duplicate" in reason or "repeats a name" in reason:
+        return "duplicate"
+    if "outside the dataset root" in reason or "not a plain name" in reason or "cannot be resolved" in reason:
+        return "path outside root"
+    return "label"
+
+
+def scan_record(items: list[RawItem]) -> dict:
+    """What the build record and the scan table say about a split's items before decoding."""
+    text = Counter(_TEXT_KIND[n] for item in items for n in item.notes if n in _TEXT_KIND)
+    return {
+        "shapes": sorted({item.shape for item in items if item.shape}),
+        "scanned": len(items),
+        "media_found": sum(item.video is not None for item in items),
+        "media_missing": sum(bool(item.reject) and reason_kind(item.reject) == "no media file" for item in items),
+        "rejected_by_reason": dict(sorted(Counter(reason_kind(i.reject) for i in items if i.reject).items())),
+        "text_quality": dict(sorted(text.items())),
+    }
+
+
+@dataclass
+class SplitScan:
+    """One line of the scan table.
+
+    ``status``: ``ok``; ``absent`` (the benchmark is not under the root); ``no split`` (the benchmark or
+    the user's release has no such split); ``unreadable`` (present, but this split could not be read:
+    ``detail`` names the file looked for and what was found instead).
+    """
+
+    benchmark: str
+    split: str
+    status: str
+    detail: str = ""
+    items: list[RawItem] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        head = f"{self.benchmark}/{self.split}: {self.status}"
+        if self.status != "ok":
+            return f"{head}: {self.detail}"
+        rec = scan_record(self.items)
+        rejected = ", ".join(f"{k} {v}" for k, v in rec["rejected_by_reason"].items()) or "none"
+        text = ", ".join(f"{k} {v}" for k, v in rec["text_quality"].items()) or "clean"
+        return (f"{head} [{'; '.join(rec['shapes']) or 'no items'}] {rec['scanned']} items, media "
+                f"{rec['media_found']} found / {rec['media_missing']} missing, rejected: {rejected}; "
+                f"subtitles: {text} ({self.seconds:.2f} s)")
+
+
+def inspect_root(layout: str, root: Path, benchmarks: list[str] | None = None) -> list[SplitScan]:
+    """Scan every split of every benchmark (or of ``benchmarks``) under ``root`` without decoding anything.
+
+    A benchmark counts as present when its folder is there (processed layout: ``<process_dir>/``) or,
+    for the official layouts, when its label file for some split is found; any split of a present
+    benchmark that cannot be read is ``unreadable``, never skipped.
     """
     from affectverse_ds.benchmarks import REGISTRY
 
-    reports = []
-    for name in sorted(REGISTRY):
-        bench = REGISTRY[name]
+    root = Path(root)
+    scans: list[SplitScan] = []
+    for name in benchmarks or sorted(REGISTRY):
+        bench = get_benchmark(name)
         if layout not in bench.scanners:
             continue
+        if layout == "unibench" and process_root_present(root, bench) is None:
+            wanted = " or ".join(f"{d}/" for d in bench.process_dirs)
+            scans.append(SplitScan(name, "*", "absent", f"no {wanted} under {root}"))
+            continue
+        rows: list[SplitScan] = []
         for split in split_names(bench):
+            start = time.perf_counter()
             try:
-                items = bench.scanners[layout](Path(root), split)
-            except (FileNotFoundError, KeyError, ValueError):
-                continue
-            if items:
-                reports.append(build_split(bench, split, items, Path(root), Path(out), **kwargs))
+                items = scan_split(bench, layout, root, split)
+            except SplitAbsent as err:
+                rows.append(SplitScan(name, split, "no split", str(err.args[0] if err.args else err)))
+            except LayoutNotFound as err:
+                rows.append(SplitScan(name, split, "not found", str(err)))
+            except Exception as err:  # noqa: BLE001  (reported as unreadable, never skipped)
+                rows.append(SplitScan(name, split, "unreadable", f"{type(err).__name__}: {err}"))
+            else:
+                rows.append(SplitScan(name, split, "ok", items=items, seconds=time.perf_counter() - start))
+        present = layout == "unibench" or any(r.status in ("ok", "unreadable") for r in rows)
+        if not present:  # official layout: no label file of any split
+            scans.append(SplitScan(name, "*", "absent", "; ".join(dict.fromkeys(r.detail for r in rows))))
+            continue
+        for row in rows:
+            if row.status == "not found":
+                row.status = "unreadable"  # the benchmark is there, so a missing label file is a failure
+        scans.extend(rows)
+    return scans
+
+
+def unreadable(scans: list[SplitScan]) -> list[SplitScan]:
+    return [s for s in scans if s.status == "unreadable"]
+
+
+def build_all(layout: str, root: Path, out: Path, scans: list[SplitScan] | None = None,
+              **kwargs) -> list[BuildReport]:
+    """Build every benchmark split that :func:`inspect_root` read under ``root`` (kwargs: :func:`build_split`).
+
+    Splits the scan found ``unreadable`` are not built; the caller reports them and fails
+    (:func:`unreadable`): a present benchmark never vanishes from the output silently.
+    """
+    scans = inspect_root(layout, Path(root)) if scans is None else scans
+    reports = []
+    for scan in scans:
+        if scan.status == "ok" and scan.items:
+            bench = get_benchmark(scan.benchmark)
+            reports.append(build_split(bench, scan.split, scan.items, Path(root), Path(out), **kwargs))
     return reports

@@ -44,12 +44,15 @@ def test_meld_official_clips_unpacked_in_split_folder(tmp_path):
 def test_mer2023_official(scan_fixture, split):
     items, _, root = scan_fixture("mer2023", "official", n=3, split=split)
     rows = {r["name"]: r for r in read_csv(root / f"{split}-label.csv")}
-    texts = {r["name"]: r["chinese"] for r in read_csv(root / "transcription.csv")}
+    # MERTools' baseline transcript: name,sentence
+    texts = {r["name"]: r["sentence"] for r in read_csv(root / "transcription.csv")}
     assert [i.name for i in items] == sorted(rows)
     for item in items:
         assert item.reject is None
         assert item.label.emo == rows[item.name]["discrete"]
-        assert item.label.val == float(rows[item.name]["valence"])
+        valence = float(rows[item.name]["valence"])
+        assert item.label.val == (None if split == "test3" else valence)  # test3: the -10 no-valence marker
+        assert (valence == -10) == (split == "test3")
         assert item.subtitle == texts[item.name]
         assert item.video == root / split / f"{item.name}.mp4"
 
@@ -117,7 +120,9 @@ def test_iemocap_categories_and_speaker_side():
 @pytest.mark.parametrize("split, mode", [("test", "test"), ("val", "valid")])
 def test_mmsa_official(scan_fixture, name, split, mode):
     items, _, root = scan_fixture(name, "official", n=2, split=split)
-    rows = {f"{r['video_id']}_{r['clip_id']}": r for r in read_csv(root / "label.csv")}
+    label_file = "meta.csv" if name == "simsv2" else "label.csv"  # CH-SIMS v2's release calls it meta.csv
+    rows = {f"{r['video_id']}_{r['clip_id']}": r for r in read_csv(root / label_file)}
+    assert all(i.shape == f"mmsa: {label_file}, Raw/<video_id>/<clip_id>" for i in items)
     assert {r["mode"] for r in rows.values()} == {mode}
     assert [i.name for i in items] == sorted(rows)
     for item in items:

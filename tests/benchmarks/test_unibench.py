@@ -36,7 +36,7 @@ def test_unibench_fixture_reads_back(tmp_path, scan_fixture, name):
     bench = get_benchmark(name)
     layout = bench.extra["layout"]
     items, record, root = scan_fixture(name, "unibench", n=3, seed=1)
-    proc = root / bench.process_dir
+    proc = root / bench.process_dirs[0]  # the release's folder name (ovmerdplus-process for OV-MERD+)
     assert [i.name for i in items] == sorted(r["name"] for r in record["items"])
     expected = written_labels(bench, proc, record["split"])
     for item in items:

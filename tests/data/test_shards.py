@@ -77,6 +77,16 @@ def test_every_item_in_manifest_with_reason(built):
         "meld-test-000000.tar": 2, "meld-test-000001.tar": 2, "meld-test-000002.tar": 2, "meld-test-000003.tar": 1}
 
 
+def test_build_record_counts_what_the_scan_found(built):
+    items, out, _ = built
+    record = json.loads((out / "meld-test.build.json").read_text())
+    assert record["scanned"] == len(items) == record["items"]
+    assert record["media_found"] == 10 and record["media_missing"] == 0
+    assert record["rejected_by_reason"] == {"duplicate": 1, "label": 1}  # decoder rejections come later
+    assert record["text_quality"] == {"empty": 10}  # every item but good_a has no subtitle
+    assert record["shapes"] == []  # hand-made items: no release shape
+
+
 def test_read_back_with_plain_webdataset(built):
     _, out, _ = built
     assert verify_dir(out) == []
