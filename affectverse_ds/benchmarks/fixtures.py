@@ -1,7 +1,7 @@
 """Write a small raw benchmark tree, in a real release's on-disk shape, with real encoded media.
 
     python -m data_prep.make_fixtures --benchmark meld --layout official --out /tmp/meld-fx \\
-        [--labels ../shared/data/merbench/meld-process/label.npz] [--n 4] [--seed 0] [--inject dup,nomedia] \\
+        [--labels tests/reference/merbench/meld-process/label.npz] [--n 4] [--seed 0] [--inject dup,nomedia] \\
         [--shape flat]
 
 Shapes (docs/datasets.md): by default the tree has the shape the public release has
