@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from affectverse_ds.data.media import DecodeConfig
@@ -37,6 +38,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("error: interrupted; finished shards are kept, rerun with --resume", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001  (a fatal error is one line; bad items never get here)
+        if os.environ.get("AFFECTVERSE_TRACEBACK"):
+            raise
+        msg = " ".join(str(err).split()) or "(no message)"
+        print(f"error: {type(err).__name__}: {msg} (AFFECTVERSE_TRACEBACK=1 shows the traceback; "
+              f"--resume keeps finished shards)", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     kwargs = dict(
         workers=args.workers, resume=args.resume, progress=not args.no_progress,
         cfg=DecodeConfig(max_duration=args.max_duration, center_crop=args.center_crop),

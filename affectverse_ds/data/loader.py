@@ -314,12 +314,23 @@ def _shard_passes(shards: list[Shard], tag: str, skips: SkipCounter, shuffle_buf
 
 
 def _stamp(samples: Iterator, skips: SkipCounter, slot: int) -> Iterator:
-    """Record in each sample's meta which worker slot made it and how many corrupt samples that slot skipped."""
+    """Record in each sample's meta which worker slot made it and how many corrupt samples that slot skipped.
+
+    Each sample is held until the next one arrives (or the stream ends) and stamped then, so the count on
+    a finite stream's last sample includes the corrupt samples after it: the skips of a whole pass reach
+    :class:`LoaderStats` (all but those of a worker that yields no sample at all).
+    """
+    held = None
     for s in samples:
         skips.mark_good()
+        if held is not None:
+            held.meta["skipped"] = skips.count
+            yield held
         s.meta["worker"] = slot
-        s.meta["skipped"] = skips.count
-        yield s
+        held = s
+    if held is not None:
+        held.meta["skipped"] = skips.count
+        yield held
 
 
 # ----------------------------------------------------------------------------- loaders
