@@ -222,13 +222,17 @@ def decode_sample(raw: dict[str, Any]) -> DecodedSample:
     """Tar members of one sample -> metadata, frame JPEGs in order (decoded later, only those kept) and audio.
 
     Any member content that breaks the shard contract (:func:`schema.check_sample`, shared with
-    ``verify_shards``) raises :class:`SampleError`, which the skip handler counts.
+    ``verify_shards``) raises :class:`SampleError`, which the skip handler counts. Unreadable frames
+    (a header claiming a huge image included) leave the sample without frames: the encoder then skips
+    it where video is used, and audio/text settings keep it.
     """
     key = raw.get("__key__", "?")
     problems, sample = schema.check_sample(raw)
     if problems:
         raise SampleError(f"{key}: {'; '.join(problems)}")
     meta = sample.meta
+    if sample.frames_unreadable:  # no frame bytes reach the decoder; settings with video skip the sample
+        log.warning("%s: video unusable (%s); kept for settings without video", key, sample.frames_unreadable)
     meta["key"] = key
     meta["shard"] = Path(raw.get("__url__", "")).name
     return DecodedSample(meta=meta, frames=sample.frames, audio=sample.audio)

@@ -152,6 +152,7 @@ class CheckedSample:
     meta: dict[str, Any]
     frames: list[bytes]
     audio: np.ndarray | None
+    frames_unreadable: str | None = None  # lenient check only: why ``frames`` is empty though n_frames > 0
 
 
 def _parse_meta(data: Any) -> tuple[Any, str | None]:
@@ -219,6 +220,10 @@ def check_sample(raw: Mapping[str, Any], *, strict: bool = False) -> tuple[list[
     not an allocation) and reads audio only after its header agrees with the metadata, so memory stays
     bounded by the contract's limits (``MAX_FRAMES``, ``MAX_AUDIO_SAMPLES``).
 
+    A frame whose header is unreadable (or not a square RGB JPEG of at most 224 px) is a problem in the
+    strict form; in the lenient form the sample comes back without frames and with ``frames_unreadable``
+    set, so settings without video still use its audio and text, and those with video skip it.
+
     Args:
         raw: the sample (``__key__``, ``__url__`` and the members by extension).
         strict: also check what the builder guarantees beyond readability (224 px frames, ``n_frames``
@@ -249,15 +254,17 @@ def check_sample(raw: Mapping[str, Any], *, strict: bool = False) -> tuple[list[
         problems.append(f"n_frames {meta['n_frames']} != ceil({meta['duration']} s x {meta['fps']} FPS)")
     if strict and meta["audio_samples"] not in (0, audio_length(meta["duration"])):
         problems.append(f"audio_samples {meta['audio_samples']} != duration x {SAMPLE_RATE}")
-    sizes = set()
+    frame_problems, sizes = [], set()
     for ext in frames:
         size, problem = _check_frame(ext, members[ext], strict)
         if problem:
-            problems.append(problem)
+            frame_problems.append(problem)
             break  # one bad frame says enough; the rest are not opened
         sizes.add(size)
     if len(sizes) > 1:
-        problems.append(f"frames differ in size: {sorted(sizes)}")
+        frame_problems.append(f"frames differ in size: {sorted(sizes)}")
+    if strict:
+        problems += frame_problems
     audio = None
     if AUDIO_EXT in members and meta["audio_samples"] == 0:
         problems.append(f".{AUDIO_EXT} member but audio_samples is 0")
@@ -269,4 +276,6 @@ def check_sample(raw: Mapping[str, Any], *, strict: bool = False) -> tuple[list[
             problems += more
     if problems:
         return problems, None
+    if frame_problems:  # the video is unusable, the audio and text are not: settings without video still read it
+        return [], CheckedSample(meta, [], audio, frames_unreadable="; ".join(frame_problems))
     return [], CheckedSample(meta, [members[e] for e in frames], audio)

@@ -167,6 +167,11 @@ SAMPLE_KINDS: dict[str, tuple[str, Callable[[dict], dict]]] = {
 }
 
 
+# kinds that make only the video unusable: the loader keeps the sample for settings without video
+FRAME_KINDS = frozenset({"jpeg_bomb_error", "jpeg_bomb_warning", "jpeg_truncated", "jpeg_garbage", "frame_png",
+                         "frame_gray", "frame_not_square"})
+
+
 def _wav(n: int) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, np.zeros(n, np.float32), schema.SAMPLE_RATE, format="WAV")

@@ -62,12 +62,25 @@ def train_corpus(tmp_path_factory) -> corpus.Corpus:
 # ----------------------------------------------------------------------------- every kind, one sample at a time
 
 
+@pytest.fixture(scope="module")
+def encoders(tiny_backbone_dir, tokenizer, extractor):
+    from affectverse_ds.data.collator import SampleEncoder
+
+    data = _cfg("unused", tiny_backbone_dir).data
+    return {s: SampleEncoder(tokenizer, extractor, data, s) for s in ("avt", "at")}
+
+
 @pytest.mark.parametrize("kind", list(corpus.SAMPLE_KINDS))
-def test_every_kind_is_one_skip_reason(kind, make_good):
+def test_every_kind_is_one_skip_reason(kind, make_good, encoders):
     bad = corpus.SAMPLE_KINDS[kind][1](make_good())
     with pytest.raises(SampleError) as err:  # SampleError is what the loader's skip handler counts
-        decode_sample(bad)
-    assert "\n" not in str(err.value) and str(err.value).startswith(bad["__key__"])
+        encoders["avt"](decode_sample(bad))  # the loader's two stages, with video
+    assert "\n" not in str(err.value)
+    if kind in corpus.FRAME_KINDS:  # the video is unusable, not the sample: audio + text still read
+        decoded = decode_sample(bad)
+        assert decoded.frames == [] and encoders["at"](decoded) is not None
+    else:
+        assert str(err.value).startswith(bad["__key__"])
     problems, sample = schema.check_sample(bad, strict=True)  # verify_shards' form of the same check
     assert problems and sample is None and all("\n" not in p for p in problems)
 
@@ -109,7 +122,7 @@ def test_train_loader_skips_counts_and_logs_every_bad_sample(train_corpus, tiny_
     assert seen == set(train_corpus.good)  # only good samples, and every one of them
     assert loader.stats.skipped >= len(train_corpus.bad)  # each bad sample at least once (the stream cycles)
     if workers == 0:  # worker processes log to their own stderr, not to this caplog
-        logged = " ".join(r.getMessage() for r in caplog.records if SKIP_LOG in r.getMessage())
+        logged = " ".join(r.getMessage() for r in caplog.records)  # skip lines, and "video unusable" lines
         assert all(key in logged for key in train_corpus.bad)
 
 
@@ -123,9 +136,10 @@ def test_eval_loader_accounts_for_every_sample(tmp_path, tiny_backbone_dir, toke
     skipped = max(m["skipped"] for b in batches for m in b["meta"])
     assert sorted(read) == sorted(c.good)
     assert len(read) + skipped == c.total == loader.total_samples  # accepted + rejected == input
-    logged = [r.getMessage() for r in caplog.records if SKIP_LOG in r.getMessage()]
-    assert len(logged) == len(c.bad) and all("\n" not in m for m in logged)
-    assert {k for k in c.bad if any(k in m for m in logged)} == set(c.bad)
+    skips = [r.getMessage() for r in caplog.records if SKIP_LOG in r.getMessage()]
+    assert len(skips) == len(c.bad) and all("\n" not in m for m in skips)
+    logged = " ".join(r.getMessage() for r in caplog.records)  # a bad frame's key is on its "video unusable" line
+    assert all(key in logged for key in c.bad)
 
 
 # ----------------------------------------------------------------------------- start-up checks (class 6)
