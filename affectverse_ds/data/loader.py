@@ -24,6 +24,7 @@ rank ``g % world``, so ranks differ by at most one sample.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -208,7 +209,8 @@ class SkipCounter:
         log.warning("skipping a corrupt sample (%d skipped by this worker): %s: %s",
                     self.count, type(exn).__name__, exn)
         if self.consecutive > MAX_CONSECUTIVE_SKIPS:
-            raise RuntimeError(f"{self.consecutive} corrupt samples in a row; last: {exn}") from exn
+            raise LoaderError(f"{self.consecutive} corrupt samples in a row (a broken dataset, not noise); "
+                              f"last: {exn}") from exn
         return True
 
     def mark_good(self) -> None:
@@ -350,6 +352,21 @@ def _extractor(cfg: AffectVerseConfig):
     return WhisperFeatureExtractor.from_pretrained(cfg.backbone.path)
 
 
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """A LoaderError raised in a DataLoader worker arrives with the worker's traceback in its message;
+    keep its last line, so the launchers print one line."""
+    try:
+        yield
+    except LoaderError as err:
+        lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+        if len(lines) <= 1:
+            raise
+        last = lines[-1].strip()
+        prefix = f"{LoaderError.__name__}: "
+        raise LoaderError(last[len(prefix):] if last.startswith(prefix) else last) from None
+
+
 class TrainLoader:
     """Batches of one rank for one epoch: ``len()`` batches from ``start_batch`` to ``steps_per_epoch``.
 
@@ -372,9 +389,10 @@ class TrainLoader:
         return self.steps_per_epoch - self.start_batch
 
     def __iter__(self) -> Iterator[Batch]:
-        for batch in self.loader:
-            self.stats.update(batch)
-            yield batch
+        with _one_line_errors():
+            for batch in self.loader:
+                self.stats.update(batch)
+                yield batch
 
 
 def build_train_loader(
@@ -468,7 +486,8 @@ class EvalLoader:
         return self.num_batches
 
     def __iter__(self) -> Iterator[Batch]:
-        return iter(self.loader)
+        with _one_line_errors():
+            yield from self.loader
 
 
 def build_eval_loader(

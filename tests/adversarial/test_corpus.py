@@ -178,6 +178,17 @@ def test_garbage_tar_as_the_only_shard_is_one_line_at_start(tmp_path, tiny_backb
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_shards_with_no_good_sample_end_with_one_line(tmp_path, tiny_backbone_dir, tokenizer, extractor, workers):
+    """Every sample bad (a readable tar): the stream cannot feed a batch; one line, even from a worker."""
+    corpus.write_corpus_shards(tmp_path, n_good=0, n_shards=1)
+    loader = build_train_loader(_cfg(tmp_path, tiny_backbone_dir, workers=workers), tokenizer, rank=0, world=1,
+                                epoch=0, extractor=extractor)
+    with pytest.raises(LoaderError) as err:
+        list(loader)
+    assert "\n" not in str(err.value) and "corrupt samples in a row" in str(err.value)
+
+
 # ----------------------------------------------------------------------------- verify_shards (class 7)
 
 
