@@ -13,6 +13,7 @@ benchmark that is simply absent is listed as absent.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from affectverse_ds import preflight
@@ -60,6 +61,21 @@ def print_scan(scans) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     preflight.exit_on_failure(lambda: preflight.for_shard_build(args.root, args.out, args.benchmark))
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("error: interrupted; finished shards are kept, rerun with --resume", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001  (a fatal error is one line; bad items never get here)
+        if os.environ.get("AFFECTVERSE_TRACEBACK"):
+            raise
+        msg = " ".join(str(err).split()) or "(no message)"
+        print(f"error: {type(err).__name__}: {msg} (AFFECTVERSE_TRACEBACK=1 shows the traceback; "
+              f"--resume keeps finished shards)", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     kwargs = dict(
         workers=args.workers, resume=args.resume, progress=not args.no_progress,
         cfg=DecodeConfig(max_duration=args.max_duration, center_crop=args.center_crop),

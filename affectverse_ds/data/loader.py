@@ -24,7 +24,7 @@ rank ``g % world``, so ranks differ by at most one sample.
 """
 from __future__ import annotations
 
-import io
+import contextlib
 import json
 import logging
 import math
@@ -40,6 +40,7 @@ import numpy as np
 import soundfile as sf
 import torch
 import webdataset as wds
+from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from affectverse_ds.benchmarks import get_benchmark
@@ -52,7 +53,8 @@ log = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_SKIPS = 50  # more bad samples in a row than this is a bug or a broken dataset, not noise
 # exceptions that mean "this sample's bytes are bad"; anything else is a bug and propagates
-DATA_ERRORS = (SampleError, OSError, EOFError, tarfile.TarError, ValueError, sf.LibsndfileError)
+DATA_ERRORS = (SampleError, OSError, EOFError, tarfile.TarError, ValueError, sf.LibsndfileError,
+               Image.DecompressionBombError)
 
 
 class LoaderError(ValueError):
@@ -73,7 +75,25 @@ def read_sizes(shard_dir: str | Path) -> dict[str, int]:
     path = Path(shard_dir) / schema.SIZES_FILE
     if not path.is_file():
         raise LoaderError(f"no {schema.SIZES_FILE} in {shard_dir}: build the shards with data_prep/build_shards.py")
-    return {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+    try:
+        sizes = json.loads(path.read_text())
+    except (ValueError, RecursionError) as err:
+        raise LoaderError(f"{path} is not valid JSON ({type(err).__name__}: {err}); rebuild the shards") from None
+    if not isinstance(sizes, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sizes.values()):
+        raise LoaderError(f"{path} must map shard file names to sample counts (non-negative integers)")
+    return sizes
+
+
+def _check_readable_tar(path: Path) -> None:
+    """A shard must at least start with a tar header: a garbage file is a one-line error at start, not a
+    traceback from inside a loader worker (a bad sample inside a good tar is skipped and counted later)."""
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            tar.next()
+    except (tarfile.TarError, OSError) as err:
+        raise LoaderError(f"shard {path} is not a readable tar ({type(err).__name__}: {err}); "
+                          f"rebuild it or remove it from {schema.SIZES_FILE}") from None
 
 
 def list_shards(shard_dir: str | Path, benchmark: str, splits: Iterable[str]) -> list[Shard]:
@@ -89,6 +109,7 @@ def list_shards(shard_dir: str | Path, benchmark: str, splits: Iterable[str]) ->
         for p in paths:
             if p.name not in sizes:
                 raise LoaderError(f"{p.name} is missing from {shard_dir / schema.SIZES_FILE}")
+            _check_readable_tar(p)
             shards.append(Shard(str(p), sizes[p.name]))
     return shards
 
@@ -188,7 +209,8 @@ class SkipCounter:
         log.warning("skipping a corrupt sample (%d skipped by this worker): %s: %s",
                     self.count, type(exn).__name__, exn)
         if self.consecutive > MAX_CONSECUTIVE_SKIPS:
-            raise RuntimeError(f"{self.consecutive} corrupt samples in a row; last: {exn}") from exn
+            raise LoaderError(f"{self.consecutive} corrupt samples in a row (a broken dataset, not noise); "
+                              f"last: {exn}") from exn
         return True
 
     def mark_good(self) -> None:
@@ -199,28 +221,23 @@ class SkipCounter:
 
 
 def decode_sample(raw: dict[str, Any]) -> DecodedSample:
-    """Tar members of one sample -> metadata, frame JPEGs in order (decoded later, only those kept) and audio."""
+    """Tar members of one sample -> metadata, frame JPEGs in order (decoded later, only those kept) and audio.
+
+    Any member content that breaks the shard contract (:func:`schema.check_sample`, shared with
+    ``verify_shards``) raises :class:`SampleError`, which the skip handler counts. Unreadable frames
+    (a header claiming a huge image included) leave the sample without frames: the encoder then skips
+    it where video is used, and audio/text settings keep it.
+    """
     key = raw.get("__key__", "?")
-    if schema.META_EXT not in raw:
-        raise SampleError(f"{key}: no .{schema.META_EXT} member")
-    meta = json.loads(raw[schema.META_EXT])
-    problems = schema.validate_meta(meta)
+    problems, sample = schema.check_sample(raw)
     if problems:
         raise SampleError(f"{key}: {'; '.join(problems)}")
-    names = sorted(k for k in raw if schema.FRAME_EXT_RE.match(k))
-    if names != [schema.frame_ext(i) for i in range(meta["n_frames"])]:
-        raise SampleError(f"{key}: {len(names)} frame members for n_frames={meta['n_frames']}")
-    audio = None
-    if meta["audio_samples"] > 0:
-        if schema.AUDIO_EXT not in raw:
-            raise SampleError(f"{key}: no .{schema.AUDIO_EXT} member")
-        audio, rate = sf.read(io.BytesIO(raw[schema.AUDIO_EXT]), dtype="float32", always_2d=False)
-        if audio.ndim != 1 or rate != schema.SAMPLE_RATE or len(audio) != meta["audio_samples"]:
-            raise SampleError(f"{key}: audio is {audio.shape} at {rate} Hz, expected ({meta['audio_samples']},) mono "
-                              f"at {schema.SAMPLE_RATE} Hz")
+    meta = sample.meta
+    if sample.frames_unreadable:  # no frame bytes reach the decoder; settings with video skip the sample
+        log.warning("%s: video unusable (%s); kept for settings without video", key, sample.frames_unreadable)
     meta["key"] = key
     meta["shard"] = Path(raw.get("__url__", "")).name
-    return DecodedSample(meta=meta, frames=[raw[n] for n in names], audio=audio)
+    return DecodedSample(meta=meta, frames=sample.frames, audio=sample.audio)
 
 
 def _buffer_shuffle(src: Iterator, bufsize: int, rng: random.Random) -> Iterator:
@@ -303,12 +320,23 @@ def _shard_passes(shards: list[Shard], tag: str, skips: SkipCounter, shuffle_buf
 
 
 def _stamp(samples: Iterator, skips: SkipCounter, slot: int) -> Iterator:
-    """Record in each sample's meta which worker slot made it and how many corrupt samples that slot skipped."""
+    """Record in each sample's meta which worker slot made it and how many corrupt samples that slot skipped.
+
+    Each sample is held until the next one arrives (or the stream ends) and stamped then, so the count on
+    a finite stream's last sample includes the corrupt samples after it: the skips of a whole pass reach
+    :class:`LoaderStats` (all but those of a worker that yields no sample at all).
+    """
+    held = None
     for s in samples:
         skips.mark_good()
+        if held is not None:
+            held.meta["skipped"] = skips.count
+            yield held
         s.meta["worker"] = slot
-        s.meta["skipped"] = skips.count
-        yield s
+        held = s
+    if held is not None:
+        held.meta["skipped"] = skips.count
+        yield held
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -324,6 +352,21 @@ def _extractor(cfg: AffectVerseConfig):
     return WhisperFeatureExtractor.from_pretrained(cfg.backbone.path)
 
 
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """A LoaderError raised in a DataLoader worker arrives with the worker's traceback in its message;
+    keep its last line, so the launchers print one line."""
+    try:
+        yield
+    except LoaderError as err:
+        lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+        if len(lines) <= 1:
+            raise
+        last = lines[-1].strip()
+        prefix = f"{LoaderError.__name__}: "
+        raise LoaderError(last[len(prefix):] if last.startswith(prefix) else last) from None
+
+
 class TrainLoader:
     """Batches of one rank for one epoch: ``len()`` batches from ``start_batch`` to ``steps_per_epoch``.
 
@@ -335,6 +378,7 @@ class TrainLoader:
         self.num_samples = stream.plan.num_samples
         self.start_batch = stream.start_batch
         self.epoch = stream.epoch
+        self.stats = LoaderStats()  # samples and skips of the batches yielded so far (the trainer logs them)
         self.loader = DataLoader(
             stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
             worker_init_fn=_worker_init if num_workers else None,
@@ -345,7 +389,10 @@ class TrainLoader:
         return self.steps_per_epoch - self.start_batch
 
     def __iter__(self) -> Iterator[Batch]:
-        return iter(self.loader)
+        with _one_line_errors():
+            for batch in self.loader:
+                self.stats.update(batch)
+                yield batch
 
 
 def build_train_loader(
@@ -439,7 +486,8 @@ class EvalLoader:
         return self.num_batches
 
     def __iter__(self) -> Iterator[Batch]:
-        return iter(self.loader)
+        with _one_line_errors():
+            yield from self.loader
 
 
 def build_eval_loader(

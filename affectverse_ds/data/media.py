@@ -207,6 +207,17 @@ def _packets(container, streams, sampler: "_FrameSampler"):
             return
 
 
+# Muxers interleave streams within a few seconds (FFmpeg's default max_interleave_delta is 10 s):
+# once an audio packet is this far past the clip's end, every later video packet is past it too.
+_INTERLEAVE_SLACK = 30.0
+
+
+def _packet_time(packet) -> float:
+    """Presentation time of a packet in seconds (-inf when it has none: then it never ends the read)."""
+    ts = packet.pts if packet.pts is not None else packet.dts
+    return float(ts * packet.time_base) if ts is not None and packet.time_base else -math.inf
+
+
 def _stream_start(stream) -> float:
     return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
 
@@ -240,6 +251,11 @@ def _decode_container(container, want_audio: bool, segment, crop, cfg: DecodeCon
     for packet in _packets(container, [s for s in (vstream, astream) if s is not None], sampler):
         if packet.stream.index == vstream.index:
             feed.put(packet)
+        elif track.end is not None and track.end >= stop:
+            # audio past the clip's end is never kept: not decoded (a 2 s video with hours of audio
+            # stays a few MB); once it is far past, no video packet of the clip can follow either
+            if _packet_time(packet) > stop + _INTERLEAVE_SLACK:
+                break
         else:
             for frame in _decode_packet(packet, track):
                 track.push(frame)

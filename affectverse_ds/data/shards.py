@@ -14,14 +14,17 @@ Manifest: one row per scanned item, ``accepted`` (with the shard it went to and,
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import io
 import json
 import multiprocessing as mp
 import os
+import signal
 import sys
 import tarfile
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -42,6 +45,7 @@ from affectverse_ds.chat import build_messages, render
 from affectverse_ds.data import schema
 from affectverse_ds.data.media import Clip, DecodeConfig, MediaError, decode_clip
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 TAR_MTIME = 0  # fixed member metadata: rebuilds are byte-identical
 BLOCK = 512
 
@@ -277,7 +281,27 @@ class ShardWriter:
 _WORKER: dict = {}
 
 
-def _init_worker(bench_name: str, root: str, cfg: DecodeConfig) -> None:
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the builder process that started it dies (even by SIGKILL), so a killed
+    build never leaves decoders running. Linux: the kernel's parent-death signal; elsewhere a thread
+    polling the parent pid."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    else:
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def _init_worker(bench_name: str, root: str, cfg: DecodeConfig, parent: int) -> None:
+    _die_with_parent(parent)
     _WORKER.update(bench=get_benchmark(bench_name), root=Path(root), cfg=cfg)
 
 
@@ -296,7 +320,7 @@ def _encoded_stream(items: list[RawItem], bench: Benchmark, root: Path, cfg: Dec
     # ProcessPoolExecutor rather than Pool: a worker killed by a decoder crash fails the build
     # (BrokenProcessPool; --resume keeps the finished shards) instead of hanging it.
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init_worker,
-                             initargs=(bench.name, str(root), cfg)) as pool:
+                             initargs=(bench.name, str(root), cfg, os.getpid())) as pool:
         yield pool.map(_work, items)
 
 

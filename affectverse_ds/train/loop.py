@@ -132,6 +132,8 @@ class Trainer:
                     continue  # DeepSpeed stepped the optimizer only at the accumulation boundary
                 self.position["step"] += 1
                 scalars = acc.finish(self)
+                # corrupt samples skipped so far in this epoch's loader, summed over ranks (issue #18)
+                scalars["data/skipped_samples"] = float(sum(dist.all_gather_object(loader.stats.skipped)))
                 result.losses.append(scalars["loss/total"])
                 self._report(scalars, logger, bar)
                 done = self._after_step(stop, result)
