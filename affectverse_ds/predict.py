@@ -35,7 +35,8 @@ from affectverse_ds.benchmarks.base import OPENSET_QUESTION
 from affectverse_ds.chat import build_messages, render
 from affectverse_ds.config import AffectVerseConfig, ConfigError, load_config
 from affectverse_ds.data.batch import to_device
-from affectverse_ds.eval.evaluate import decode_answers, load_checkpoint_model, resolve_checkpoint
+from affectverse_ds.eval.inference import decode_answers
+from affectverse_ds.train.export import CheckpointError, load_checkpoint_model, resolve_checkpoint
 from affectverse_ds.eval.extract import LexiconExtractor, SentimentMapper, list_items
 
 TRAJECTORY_RATIOS = tuple(round(0.1 * k, 1) for k in range(1, 11))  # 10%, 20%, ..., 100% (Fig. 7)
@@ -323,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         predictor = Predictor.from_checkpoint(args.checkpoint, args.config, device, args.question, args.benchmark,
                                               overrides)
         obs = predictor.decode(args.video, args.subtitle)
-    except (FileNotFoundError, ConfigError, KeyError) as err:
+    except (FileNotFoundError, ConfigError, CheckpointError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except MediaError as err:

@@ -20,6 +20,7 @@ from affectverse_ds.config import load_config
 from affectverse_ds.data import schema
 from affectverse_ds.data.batch import IM_END_ID
 from affectverse_ds.eval import evaluate as ev
+from affectverse_ds.eval import inference
 from affectverse_ds.train.distributed import DistInfo, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,9 +43,9 @@ def tiny_eval_config(backbone: Path, shard_dir: Path, reference: Path, *extra: s
 
 def make_checkpoint(cfg, folder: Path, seed: int) -> Path:
     """A checkpoint as training writes it (``step_NNNNNN/export/``), without DeepSpeed: the tiny model with
-    its trainable weights moved away from their init, exported by ``train.checkpoint.export_trainable``."""
+    its trainable weights moved away from their init, exported by ``train.export.export_trainable``."""
     from affectverse_ds.model.affect_model import build_model
-    from affectverse_ds.train.checkpoint import export_trainable
+    from affectverse_ds.train.export import export_trainable
 
     torch.manual_seed(seed)
     model = build_model(cfg, "cpu")
@@ -412,7 +413,7 @@ def test_table8_and_imagination_plot_from_the_trace(setup, tmp_path, monkeypatch
                                use=[torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)],
                                imagined=[imagined, imagined])
 
-    monkeypatch.setattr(ev, "imagination_trace", fake_trace)
+    monkeypatch.setattr(inference, "imagination_trace", fake_trace)  # where the inference loop looks it up
     plan = ev.EvalPlan([str(setup.ckpts[0])], benchmarks=["cmumosi"], modalities=["avt"], keep_ratios=[1.0, 0.5],
                        mode="rank", out_dir=str(tmp_path / "results"))
     outcome = ev.evaluate(setup.cfg, plan, device="cpu")
