@@ -126,6 +126,50 @@ def test_load_trained_weights_restores_the_export(setup):
     torch.testing.assert_close(mine, adapter[lora_a])
 
 
+def _damage(export: Path, which: str, how: str) -> Path:
+    """Damage one weight file of an export: ``truncated`` (first half kept), ``garbage`` or ``foreign`` tensors."""
+    path = export / ("ewm.safetensors" if which == "ewm" else "lora/adapter_model.safetensors")
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "garbage":
+        path.write_bytes(b"\x00not safetensors at all" * 40)
+    else:
+        from safetensors.torch import save_file
+
+        save_file({"something.else": torch.zeros(3)}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("which,how", [("ewm", "truncated"), ("ewm", "garbage"), ("ewm", "foreign"),
+                                       ("adapter", "truncated"), ("adapter", "foreign")])
+def test_damaged_weights_are_a_one_line_error_naming_the_file(setup, tmp_path, which, how):
+    ckpt = tmp_path / "step_000010"
+    shutil.copytree(setup.ckpts[0], ckpt)
+    path = _damage(ckpt / "export", which, how)
+    with pytest.raises(ev.CheckpointError) as err:
+        ev.load_checkpoint_model(ev.resolve_checkpoint(ckpt), setup.cfg, "cpu")
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message and len(message) < 500
+
+
+def test_launch_cli_reports_a_truncated_ewm_file_in_one_line(setup, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("_launch_evaluate", REPO / "launch" / "evaluate.py")
+    launch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch)
+    from affectverse_ds.config import dump_config
+
+    ckpt = tmp_path / "step_000010"
+    shutil.copytree(setup.ckpts[0], ckpt)
+    path = _damage(ckpt / "export", "ewm", "truncated")
+    config = dump_config(setup.cfg, tmp_path / "eval.yaml")
+    rc = launch.main(["--config", str(config), "--benchmarks", "cmumosi", "--out", str(tmp_path / "results"),
+                      "--no-probe", "--checkpoint", str(ckpt)])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # beside transformers' progress bars
+    assert rc == 2 and "Traceback" not in err
+    assert len(errors) == 1 and errors[0].startswith(f"error: {path}: not a readable safetensors file")
+
+
 def test_model_config_takes_model_sections_from_the_checkpoint(setup):
     user = load_config(REPO / "launch" / "configs" / "tiny.yaml", ["ewm.d_w=32", "ewm.heads=4",
                                                                   f"data.shard_dir={setup.shards}"])

@@ -133,6 +133,21 @@ def test_unreadable_video_is_an_error_message_not_a_crash(setup, capsys):
     assert P.main(["--checkpoint", str(setup.root / "nope"), str(setup.clip)]) == 2
 
 
+@pytest.mark.parametrize("content", [b"\x00garbage" * 30, None])  # None: the file cut in half
+def test_damaged_ewm_weights_are_a_one_line_error(setup, tmp_path, capsys, content):
+    import shutil
+
+    ckpt = tmp_path / "step_000005"
+    shutil.copytree(setup.ckpt, ckpt)
+    ewm = ckpt / "export" / "ewm.safetensors"
+    ewm.write_bytes(content if content is not None else ewm.read_bytes()[: ewm.stat().st_size // 2])
+    assert P.main(["--checkpoint", str(ckpt), str(setup.clip)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # beside transformers' progress bars
+    assert "Traceback" not in err
+    assert len(errors) == 1 and errors[0].startswith(f"error: {ewm}: not a readable safetensors file")
+
+
 def test_without_emotion_wheels_the_trained_answer_is_still_parsed(tmp_path):
     cfg = load_config(None, [f"eval.reference_data={tmp_path}"])
     extractor, mapper = P.emotion_readers(cfg)
