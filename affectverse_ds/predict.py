@@ -338,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = predictor.trajectory(obs)
     for r in results:
         print(f"{100 * r.ratio:5.0f}% ({r.observed_seconds:5.2f} s): {format_result(r)}")
-    from affectverse_ds.eval.report import plot_trajectory
+    from affectverse_ds.eval.plots import plot_trajectory
 
     plot = Path(args.plot) if args.plot else Path(f"{Path(args.video).stem}_trajectory.png")
     plot_trajectory([r.ratio for r in results], [r.emotions for r in results], plot,

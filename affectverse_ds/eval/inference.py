@@ -2,7 +2,9 @@
 or ``rank`` mode, with the Table 8 / MAMA probes on the same batches."""
 from __future__ import annotations
 
+import contextlib
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -152,6 +154,22 @@ class _Loaded:
     extractor: Any  # Whisper feature extractor
 
 
+def belief_rng(mcfg: AffectVerseConfig, *key) -> contextlib.AbstractContextManager:
+    """Seed the "random" belief ablation (``ewm.belief=random``) for one model call, so evaluation is reproducible.
+
+    Its beliefs are drawn from torch's CPU generator (``AffectVerseModel.generate`` / ``score_candidates`` take
+    no generator); that generator is forked, seeded from ``train.seed`` and ``key`` (benchmark, setting, rank,
+    batch, kappa), and restored afterwards, so the caller's RNG stream is untouched. Other models: no-op.
+    """
+    if not (mcfg.ewm.enabled and mcfg.ewm.belief == "random"):
+        return contextlib.nullcontext()
+    seed = zlib.crc32(repr((mcfg.train.seed, *key)).encode())  # stable across processes, unlike hash()
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.random.fork_rng(devices=[]))
+    torch.manual_seed(seed)
+    return stack
+
+
 def _run_setting(m: _Loaded, bench: Benchmark, setting: str, plan: EvalPlan, kappas: list[float], mode: str,
                  info: dist.DistInfo, device, out: RankOutput) -> None:
     """One rank's share of one benchmark under one setting, at every keep ratio."""
@@ -171,9 +189,10 @@ def _run_setting(m: _Loaded, bench: Benchmark, setting: str, plan: EvalPlan, kap
         batch = to_device(batch, device)
         for k in kappas:
             start = time.perf_counter()
-            runs[k].samples += predict_batch(model, batch, mode=mode, kappa=k, tokenizer=tokenizer,
-                                             candidates=candidates, candidate_ids=cand_ids,
-                                             max_new_tokens=mcfg.eval.max_new_tokens)
+            with belief_rng(mcfg, bench.name, setting, info.rank, i, k):
+                runs[k].samples += predict_batch(model, batch, mode=mode, kappa=k, tokenizer=tokenizer,
+                                                 candidates=candidates, candidate_ids=cand_ids,
+                                                 max_new_tokens=mcfg.eval.max_new_tokens)
             runs[k].seconds += time.perf_counter() - start
         for k in probes:
             trace = imagination_trace(model, batch, k)
@@ -184,7 +203,7 @@ def _run_setting(m: _Loaded, bench: Benchmark, setting: str, plan: EvalPlan, kap
             if sums.n < MAMA_SAMPLES:
                 got = mama_weights(model, batch)
                 if got is not None:
-                    sums.add(got[0], got[1], MAMA_SAMPLES)
+                    sums.add(*got, limit=MAMA_SAMPLES)
     for run in runs.values():
         run.loader_skipped = stats.skipped
     out.runs += list(runs.values())

@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from affectverse_ds.eval.intervals import mean_interval
 from affectverse_ds.eval.report import ImaginationRow
 from affectverse_ds.model.ewm import EmotionWorldModule, adaptive_pool_matrix
 
@@ -17,39 +18,47 @@ MAMA_SAMPLES = 16  # dual-modality samples averaged per heatmap (Fig. 3 shows a 
 
 
 class FidelitySums:
-    """Sums of per-sample cosine / MSE per (stream, predictor) and step, gatherable across ranks."""
+    """Per-sample cosine / MSE per (stream, predictor) and step, with their sums; gatherable across ranks.
+
+    The per-sample values stay (a few floats per clip) so the figures can show bootstrap intervals over clips.
+    """
 
     def __init__(self) -> None:
         self.cos: dict[tuple[str, str], np.ndarray] = {}
         self.mse: dict[tuple[str, str], np.ndarray] = {}
         self.n: dict[tuple[str, str], int] = defaultdict(int)
+        self.samples: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
 
     def add(self, stream: str, predictor: str, cos: torch.Tensor, mse: torch.Tensor) -> None:
         """cos, mse: (n, S) per sample and step (only samples with a future)."""
-        key = (stream, predictor)
-        c, m = cos.double().sum(0).cpu().numpy(), mse.double().sum(0).cpu().numpy()
+        self.add_samples((stream, predictor), cos.double().cpu().numpy(), mse.double().cpu().numpy())
+
+    def merge(self, other: "FidelitySums") -> None:
+        for key, parts in other.samples.items():
+            for cos, mse in parts:
+                self.add_samples(key, cos, mse)
+
+    def add_samples(self, key: tuple[str, str], cos: np.ndarray, mse: np.ndarray) -> None:
+        """cos, mse: (n, S) float64 arrays."""
+        c, m = cos.sum(0), mse.sum(0)
         self.cos[key] = self.cos[key] + c if key in self.cos else c
         self.mse[key] = self.mse[key] + m if key in self.mse else m
         self.n[key] += int(cos.shape[0])
-
-    def merge(self, other: "FidelitySums") -> None:
-        for key in other.cos:
-            self.add_sums(key, other.cos[key], other.mse[key], other.n[key])
-
-    def add_sums(self, key, cos: np.ndarray, mse: np.ndarray, n: int) -> None:
-        self.cos[key] = self.cos[key] + cos if key in self.cos else cos.copy()
-        self.mse[key] = self.mse[key] + mse if key in self.mse else mse.copy()
-        self.n[key] += n
+        self.samples[key].append((cos, mse))
 
     def rows(self, model: str, modality: str, kappa: float) -> list[ImaginationRow]:
+        """Table 8 rows: means per step, and 95 % bootstrap intervals over the clips."""
         out = []
         for stream in STREAMS:
             for predictor in PREDICTORS:
                 key = (stream, predictor)
                 if self.n.get(key, 0) > 0:
                     n = self.n[key]
+                    cos_lo, cos_hi = mean_interval(np.concatenate([c for c, _ in self.samples[key]]))
+                    mse_lo, mse_hi = mean_interval(np.concatenate([m for _, m in self.samples[key]]))
                     out.append(ImaginationRow(model, modality, kappa, stream, predictor,
-                                              (self.cos[key] / n).tolist(), (self.mse[key] / n).tolist(), n))
+                                              (self.cos[key] / n).tolist(), (self.mse[key] / n).tolist(), n,
+                                              cos_lo.tolist(), cos_hi.tolist(), mse_lo.tolist(), mse_hi.tolist()))
         return out
 
 
@@ -120,10 +129,11 @@ def imagination_trace(model, batch: dict, kappa: float):
 
 
 def probe_kappas(keep_ratios: Sequence[float], kappa_min: float) -> list[float]:
-    """Split points for Table 8: the sweep's keep ratios below 1, else the middle of the training range
-    U[kappa_min, 1) (at kappa = 1 there is no future to compare with)."""
-    below = [k for k in keep_ratios if k < 1.0]
-    return below or [round((kappa_min + 1.0) / 2.0, 6)]
+    """Split points for Table 8, largest first: two inside the training range U[kappa_min, 1) (its lower end
+    and its middle: 0.7 and 0.85 by default) and the sweep's keep ratios below 1 (at kappa = 1 there is no
+    future to compare with), so imagination is measured where it was trained as well as beyond."""
+    inside = [kappa_min, round((kappa_min + 1.0) / 2.0, 6)]
+    return sorted({round(k, 6) for k in [*inside, *keep_ratios] if k < 1.0}, reverse=True)
 
 
 class MamaSums:
@@ -133,12 +143,12 @@ class MamaSums:
         self.total: np.ndarray | None = None
         self.n = 0
 
-    def add(self, weights: torch.Tensor, n_belief: torch.Tensor, limit: int) -> None:
-        """weights (B, N_q, N_M); only samples with the full dual belief set (both modalities) count."""
-        full = n_belief == n_belief.max()
-        if self.n >= limit or weights is None or not bool(full.any()) or int(n_belief.max()) == 0:
+    def add(self, weights: torch.Tensor, dual: torch.Tensor, limit: int) -> None:
+        """weights (B, N_q, N_M); dual (B,) bool: the sample saw both modalities (2 N_b beliefs). Only those
+        count: a single-modality sample has half the belief rows, so averaging it in would mix two layouts."""
+        if self.n >= limit or weights is None or not bool(dual.any()):
             return
-        w = weights[full.to(weights.device)][: limit - self.n].double().cpu().numpy()
+        w = weights[dual.to(weights.device)][: limit - self.n].double().cpu().numpy()
         self.total = w.sum(0) if self.total is None else self.total + w.sum(0)
         self.n += w.shape[0]
 
@@ -152,10 +162,14 @@ class MamaSums:
 
 
 def mama_weights(model, batch: dict):
-    """(weights (B, N_q, N_M), n_belief (B,)) of the inference preparation at kappa = 1, or None."""
+    """(weights (B, N_q, N_M), dual (B,) bool) of the inference preparation at kappa = 1, or None.
+
+    ``dual``: the sample has the full dual belief set 2 N_b (both audio and video observed, Eq. 18).
+    """
     if getattr(model, "ewm", None) is None:
         return None
     prep = model.prepare_inputs(batch, kappa=1.0, for_generation=True)
     if prep.ewm is None or prep.ewm.mama_weights is None:
         return None
-    return prep.ewm.mama_weights, prep.ewm.n_belief.cpu()
+    n_belief = prep.ewm.n_belief.cpu()
+    return prep.ewm.mama_weights, (n_belief == 2 * model.ewm.cfg.n_belief_base) & (n_belief > 0)

@@ -10,9 +10,10 @@ from typing import Any
 
 from affectverse_ds.benchmarks import Benchmark, get_benchmark
 from affectverse_ds.config import AffectVerseConfig
-from affectverse_ds.eval import report
+from affectverse_ds.eval import plots, report
 from affectverse_ds.eval.gold import GoldSet, read_gold
 from affectverse_ds.eval.inference import EvalPlan, RankOutput, RunResult
+from affectverse_ds.eval.intervals import score_interval
 from affectverse_ds.eval.merge import fidelity_by_setting
 from affectverse_ds.eval.predictions import PredictionSet, write_predictions
 from affectverse_ds.eval.report import ImaginationRow, RunScore
@@ -31,6 +32,7 @@ class ScoredRun:
     report: ScoreReport
     counts: dict[str, Any]
     predictions_file: str
+    interval: tuple[float, float] = (math.nan, math.nan)  # 95 % bootstrap interval of the main score
 
 
 def score_run(run: RunResult, bench: Benchmark, gold: GoldSet, ctx: ScoringContext, pred_path: Path) -> ScoredRun:
@@ -51,7 +53,7 @@ def score_run(run: RunResult, bench: Benchmark, gold: GoldSet, ctx: ScoringConte
         "unreadable_labels": dict(gold.labels.rejected),
         "scored": rep.scored, "skipped": rep.skipped, "missing": rep.missing,
     }
-    return ScoredRun(run, rep, counts, str(pred_path))
+    return ScoredRun(run, rep, counts, str(pred_path), score_interval(bench, gold.labels, preds, ctx))
 
 
 def _kappa_tag(k: float) -> str:
@@ -81,7 +83,7 @@ def run_scores(scored: dict[str, list[ScoredRun]]) -> list[RunScore]:
         group = get_benchmark(name).group
         for s in runs:
             out.append(RunScore(s.run.model, s.run.modality, s.run.keep_ratio, name, s.report.main,
-                                s.report.metric, group))
+                                s.report.metric, group, *s.interval))
     return out
 
 
@@ -101,6 +103,7 @@ def write_benchmark_json(path: Path, name: str, runs: list[ScoredRun], fixed: st
         "runs": [{
             "model": s.run.model, "modality": s.run.modality, "keep_ratio": s.run.keep_ratio,
             "mode": s.run.mode_used, "score": None if math.isnan(s.report.main) else s.report.main,
+            "interval_95": [None if math.isnan(v) else round(v, 4) for v in s.interval],  # bootstrap over clips
             "report": s.report.to_json(), "counts": s.counts, "seconds": round(s.run.seconds, 3),
             "samples_per_s": round(len(s.run.samples) / s.run.seconds, 4) if s.run.seconds > 0 else None,
             "predictions_file": s.predictions_file,
@@ -132,22 +135,22 @@ def write_results(merged: RankOutput, cfg: AffectVerseConfig, plan: EvalPlan, fi
     files = [write_benchmark_json(out_dir / f"{name}.json", name, runs, fixed) for name, runs in scored.items()]
     imagination = [row for (model, _b, setting, k), sums in fidelity_by_setting(merged).items()
                    for row in sums.rows(model, setting, k)]
-    plots = out_dir / PLOTS_DIR
+    plot_dir = out_dir / PLOTS_DIR
     figures: list[str] = []
     kappas = sorted({s.keep_ratio for s in scores}, reverse=True)
     if len(kappas) > 1:
-        files.append(report.plot_keep_ratio(scores, fixed, plots / "keep_ratio.png"))
+        files.append(plots.plot_keep_ratio(scores, fixed, plot_dir / "keep_ratio.png"))
         figures.append(f"![score vs keep ratio]({PLOTS_DIR}/keep_ratio.png)")
     if any(r.n > 0 for r in imagination):
-        files.append(report.plot_imagination(imagination, plots / "imagination.png"))
+        files.append(plots.plot_imagination(imagination, plot_dir / "imagination.png"))
         figures.append(f"![imagination fidelity vs step]({PLOTS_DIR}/imagination.png)")
     for (model, bench), sums in merged.mama.items():
         mean = sums.mean()
         if mean is None:
             continue
-        path = plots / f"mama_{model}_{bench}.png"
+        path = plot_dir / f"mama_{model}_{bench}.png"
         n_steps = cfg_steps(cfg, plan, model)
-        files.append(report.plot_mama(mean, n_steps, path, title=f"MAMA attention, {model}, {report.display(bench)} "
+        files.append(plots.plot_mama(mean, n_steps, path, title=f"MAMA attention, {model}, {report.display(bench)} "
                                                                    f"(mean of {sums.n} A+V+T samples)"))
         figures.append(f"![MAMA {model} {bench}]({PLOTS_DIR}/{path.name})")
     files.append(write_summary(out_dir, scores, imagination, scored, fixed, figures))
