@@ -46,7 +46,6 @@ class DataConfig:
     input_modality_dropout: float = 0.0
     num_workers: int = 2
     shuffle_buffer: int = 200
-    system_prompt: str = "You are an emotion recognition assistant"
 
 
 @dataclass

@@ -24,8 +24,6 @@ from affectverse_ds.eval.extract import Extractor, LexiconExtractor, SentimentMa
 from affectverse_ds.eval.predictions import Prediction, PredictionSet, epoch_of, prediction_files, read_predictions
 from affectverse_ds.eval.wheel import EmotionWheels, load_wheels
 
-MAIN_METRIC = {"discrete": "hit", "sentiment": "wf1_nonzero", "openset": "ov_f"}
-
 
 @dataclass
 class ScoreReport:

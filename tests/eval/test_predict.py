@@ -88,7 +88,7 @@ def test_trajectory_at_full_observation_equals_the_plain_prediction(setup):
     assert results[1].answer == setup.predictor.predict(obs).answer
 
 
-def test_streaming_matches_the_whole_clip_without_redecoding(setup, monkeypatch):
+def test_streaming_matches_the_whole_clip_without_redecoding(setup):
     obs = setup.predictor.decode(setup.clip, "hi")
     whole = setup.predictor.predict(obs)
     session = setup.predictor.stream(subtitle="hi")
@@ -98,15 +98,29 @@ def test_streaming_matches_the_whole_clip_without_redecoding(setup, monkeypatch)
     first = session.predict()
     assert first.frames == 3 and first.audio_samples == half
 
-    # nothing already received is decoded again: no call to the media decoder from here on
-    import affectverse_ds.data.media as media
-
-    monkeypatch.setattr(media, "decode_clip", lambda *a, **k: pytest.fail("the past was re-decoded"))
+    # what was received stays as received: the same JPEG bytes objects, the audio joined into one array
+    held = list(session._obs.frames)
     session.add_frames(obs.frames[3:])
     session.add_audio((obs.audio[half:] * 32768.0).round().astype(np.int16))  # int16 chunks are accepted too
     last = session.predict()
     assert last.answer == whole.answer and last.frames == 6 and last.audio_samples == len(obs.audio)
     assert [r.frames for r in session.history] == [3, 6]
+    assert all(a is b for a, b in zip(session._obs.frames, held)) and len(session._chunks) == 1
+
+
+def test_streaming_encodes_each_raw_frame_once(setup, monkeypatch):
+    """Raw frames are resized and JPEG-encoded when they arrive, never again at a later prediction."""
+    session = setup.predictor.stream()
+    encoded = []
+    encode = session._jpeg
+    monkeypatch.setattr(session, "_jpeg", lambda frame: encoded.append(1) or encode(frame))
+    rgb = np.random.default_rng(0).integers(0, 255, (2, 100, 120, 3), dtype=np.uint8)
+    session.add_frames(rgb)
+    session.predict()
+    session.add_frames(rgb[:1])
+    session.predict()
+    session.predict()
+    assert len(encoded) == 3 and [r.frames for r in session.history] == [2, 3, 3]
 
 
 def test_streaming_accepts_raw_frames_and_rejects_bad_audio(setup):
