@@ -244,6 +244,7 @@ class ShardWriter:
         return self.shard_name(self.index)
 
     def _open(self) -> None:
+        # webdataset.TarWriter(mtime=TAR_MTIME, format="PAX_FORMAT") also rebuilds byte-identically (bench/tar_writer_identity.py) but sorts members by extension, which would change every existing shard's bytes: a switch for the shard format's owner
         self.file = open(self.out / (self.shard_name(self.index) + ".tmp"), "wb")
         self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.PAX_FORMAT)
         self.count = self.bytes = 0
