@@ -132,6 +132,17 @@ class TrainConfig:
     log_every: int = 10
 
 
+# evaluation modality setting -> (video, audio, subtitle) given to the model; "avt" is training and the paper's
+# A+V+T. The one list of settings: the collator applies it, the tables print it, eval.modalities is checked on it.
+MODALITY_SETTINGS: dict[str, tuple[bool, bool, bool]] = {
+    "avt": (True, True, True),
+    "at": (False, True, True),
+    "vt": (True, False, True),
+    "av": (True, True, False),
+    "t": (False, False, True),
+}
+
+
 @dataclass
 class EvalConfig:
     """Evaluation protocol (EVALUATION.md) settings."""
@@ -300,7 +311,7 @@ def validate(cfg: AffectVerseConfig) -> None:
            "must be a multiple of 28 (patch 14 x merge 2)")
     _check(all(w > 0 for w in d.train_benchmarks.values()), "data.train_benchmarks", "weights must be > 0")
     for m in cfg.eval.modalities:
-        _check(m in ("avt", "at", "vt", "t", "av"), "eval.modalities", f"{m!r} is not one of avt, at, vt, av, t")
+        _check(m in MODALITY_SETTINGS, "eval.modalities", f"{m!r} is not one of {', '.join(MODALITY_SETTINGS)}")
     for k in cfg.eval.keep_ratios:
         _check(0.0 < k <= 1.0, "eval.keep_ratios", f"{k} is not in (0, 1]")
 

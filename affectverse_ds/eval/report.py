@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from affectverse_ds.config import MODALITY_SETTINGS
+
 # Column order of paper Table 1 (basic, sentiment, fine-grained) and the names it prints.
 BENCHMARK_ORDER = ("mer2023", "mer2024", "meld", "iemocap", "cmumosi", "cmumosei", "sims", "simsv2", "ovmerd")
 DISPLAY = {
@@ -26,8 +28,7 @@ DISPLAY = {
 }
 N_PROTOCOL_BENCHMARKS = len(BENCHMARK_ORDER)  # "Mean: the average of the nine main scores"
 # modality setting -> (audio, video, text) present, as Table 1's A V T columns
-SETTING_FLAGS = {"avt": (True, True, True), "at": (True, False, True), "vt": (False, True, True),
-                 "av": (True, True, False), "t": (False, False, True)}
+SETTING_FLAGS = {name: (audio, video, text) for name, (video, audio, text) in MODALITY_SETTINGS.items()}
 # Table 2's setting names
 SETTING_NAMES = {"avt": "Full", "vt": "No Audio", "at": "No Video", "av": "No Text", "t": "Text only"}
 GROUP_TITLES = {"sentiment": "Sentiment benchmarks", "discrete": "Classification benchmarks",
