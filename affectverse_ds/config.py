@@ -4,6 +4,10 @@ Every subsystem has one dataclass; :class:`AffectVerseConfig` holds them all. A
 wrong key, a value of the wrong type or an inconsistent combination raises
 :class:`ConfigError` with a one-line message naming the key. The resolved
 config is written into the run directory (:func:`dump_config`).
+
+Why hand-written and not OmegaConf (not installed) or pydantic: ``pydantic.TypeAdapter`` over these dataclasses
+silently ignores an unknown key (``data.bogus=1`` passes) and reports multi-line errors, so it would need
+``extra="forbid"`` on every class plus a message wrapper: no less code than :func:`from_dict`.
 """
 from __future__ import annotations
 
@@ -46,7 +50,6 @@ class DataConfig:
     input_modality_dropout: float = 0.0
     num_workers: int = 2
     shuffle_buffer: int = 200
-    system_prompt: str = "You are an emotion recognition assistant"
 
 
 @dataclass
@@ -127,6 +130,17 @@ class TrainConfig:
     save_every: int = 500
     keep_last: int = 3
     log_every: int = 10
+
+
+# evaluation modality setting -> (video, audio, subtitle) given to the model; "avt" is training and the paper's
+# A+V+T. The one list of settings: the collator applies it, the tables print it, eval.modalities is checked on it.
+MODALITY_SETTINGS: dict[str, tuple[bool, bool, bool]] = {
+    "avt": (True, True, True),
+    "at": (False, True, True),
+    "vt": (True, False, True),
+    "av": (True, True, False),
+    "t": (False, False, True),
+}
 
 
 @dataclass
@@ -307,7 +321,7 @@ def validate(cfg: AffectVerseConfig) -> None:
            "must be a multiple of 28 (patch 14 x merge 2)")
     _check(all(w > 0 for w in d.train_benchmarks.values()), "data.train_benchmarks", "weights must be > 0")
     for m in cfg.eval.modalities:
-        _check(m in ("avt", "at", "vt", "t", "av"), "eval.modalities", f"{m!r} is not one of avt, at, vt, av, t")
+        _check(m in MODALITY_SETTINGS, "eval.modalities", f"{m!r} is not one of {', '.join(MODALITY_SETTINGS)}")
     for k in cfg.eval.keep_ratios:
         _check(0.0 < k <= 1.0, "eval.keep_ratios", f"{k} is not in (0, 1]")
 

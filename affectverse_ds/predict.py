@@ -32,17 +32,19 @@ from PIL import Image
 
 from affectverse_ds.benchmarks import get_benchmark
 from affectverse_ds.benchmarks.base import OPENSET_QUESTION
-from affectverse_ds.chat import build_messages, render
 from affectverse_ds.config import AffectVerseConfig, ConfigError, load_config
 from affectverse_ds.data.batch import to_device
-from affectverse_ds.eval.evaluate import decode_answers, load_checkpoint_model, resolve_checkpoint
+from affectverse_ds.data.media import DecodeConfig
+from affectverse_ds.data.schema import FPS, FRAME_SIZE, SAMPLE_RATE
+from affectverse_ds.data.shards import sample_meta
+from affectverse_ds.eval.inference import decode_answers
+from affectverse_ds.train.export import CheckpointError, load_checkpoint_model, resolve_checkpoint
 from affectverse_ds.eval.extract import LexiconExtractor, SentimentMapper, list_items
 
 TRAJECTORY_RATIOS = tuple(round(0.1 * k, 1) for k in range(1, 11))  # 10%, 20%, ..., 100% (Fig. 7)
 # The encoder checks the assistant turn against the stored answer; at inference the prompt is cut at
 # the answer start, so any short answer works as a stand-in.
 _ANSWER_STANDIN = "?"
-JPEG_QUALITY = 90  # as the shard builder stores frames (DecodeConfig.jpeg_quality)
 
 
 @dataclass
@@ -74,8 +76,8 @@ class Observation:
     frames: list[bytes] = field(default_factory=list)
     audio: np.ndarray | None = None  # float32 in [-1, 1] at 16 kHz
     subtitle: str = ""
-    fps: float = 3.0
-    sample_rate: int = 16000
+    fps: float = FPS
+    sample_rate: int = SAMPLE_RATE
 
     @property
     def seconds(self) -> float:
@@ -90,7 +92,7 @@ class Observation:
         return Observation(self.frames[:n], audio, self.subtitle, self.fps, self.sample_rate)
 
 
-def clip_observation(clip, subtitle: str = "", fps: float = 3.0, sample_rate: int = 16000) -> Observation:
+def clip_observation(clip, subtitle: str = "", fps: float = FPS, sample_rate: int = SAMPLE_RATE) -> Observation:
     """A decoded :class:`~affectverse_ds.data.media.Clip` (int16 audio) as an :class:`Observation`."""
     audio = None
     if clip.audio is not None and len(clip.audio):
@@ -99,17 +101,12 @@ def clip_observation(clip, subtitle: str = "", fps: float = 3.0, sample_rate: in
 
 
 def build_meta(obs: Observation, question: str, name: str = "clip") -> dict:
-    """The sample metadata the loader's encoder reads, for an observation (no label)."""
-    has_video, has_audio = bool(obs.frames), obs.audio is not None and len(obs.audio) > 0
-    messages = build_messages(question, obs.subtitle, _ANSWER_STANDIN, has_video=has_video, has_audio=has_audio)
-    return {
-        "name": name, "benchmark": "predict", "split": "predict", "label": {},
-        "fps": obs.fps, "n_frames": len(obs.frames), "audio_samples": len(obs.audio) if has_audio else 0,
-        "sample_rate": obs.sample_rate, "modalities": {"video": has_video, "audio": has_audio,
-                                                       "text": bool(obs.subtitle.strip())},
-        "subtitle": obs.subtitle, "question": question, "answer": _ANSWER_STANDIN,
-        "messages": messages, "text": render(messages),
-    }
+    """The sample metadata the loader's encoder reads, for an observation (no label): the builder's own
+    ``shards.sample_meta``, so a clip is described exactly as a shard sample is."""
+    return sample_meta(benchmark="predict", split="predict", name=name, label={}, duration=None, fps=obs.fps,
+                       n_frames=len(obs.frames), audio_samples=len(obs.audio) if obs.audio is not None else 0,
+                       sample_rate=obs.sample_rate, subtitle=obs.subtitle, question=question,
+                       answer=_ANSWER_STANDIN)
 
 
 class Predictor:
@@ -163,7 +160,7 @@ class Predictor:
 
     def decode(self, video: str | Path, subtitle: str = "") -> Observation:
         """Decode a video file with the shard builder's code and settings (``data.media.decode_clip``)."""
-        from affectverse_ds.data.media import DecodeConfig, decode_clip
+        from affectverse_ds.data.media import decode_clip
 
         d = self.cfg.data
         clip = decode_clip(Path(video), cfg=DecodeConfig(fps=d.fps, sample_rate=d.sample_rate))
@@ -210,7 +207,7 @@ class StreamingSession:
         d = predictor.cfg.data
         self._obs = Observation([], None, subtitle, d.fps, d.sample_rate)
         self._chunks: list[np.ndarray] = []
-        self.size = 224  # the shards' frame side (schema.FRAME_SIZE), which the model was trained on
+        self.size = FRAME_SIZE  # the shards' frame side, which the model was trained on
         self.history: list[PredictResult] = []
 
     def add_frames(self, frames: Iterable[np.ndarray | bytes | Image.Image]) -> int:
@@ -229,7 +226,7 @@ class StreamingSession:
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), Image.BILINEAR)
         buf = io.BytesIO()
-        image.save(buf, format="JPEG", quality=JPEG_QUALITY)
+        image.save(buf, format="JPEG", quality=DecodeConfig.jpeg_quality)  # as the shard builder stores frames
         return buf.getvalue()
 
     def add_audio(self, samples: np.ndarray, sample_rate: int | None = None) -> float:
@@ -324,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         predictor = Predictor.from_checkpoint(args.checkpoint, args.config, device, args.question, args.benchmark,
                                               overrides)
         obs = predictor.decode(args.video, args.subtitle)
-    except (FileNotFoundError, ConfigError, KeyError) as err:
+    except (FileNotFoundError, ConfigError, CheckpointError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except MediaError as err:
@@ -338,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = predictor.trajectory(obs)
     for r in results:
         print(f"{100 * r.ratio:5.0f}% ({r.observed_seconds:5.2f} s): {format_result(r)}")
-    from affectverse_ds.eval.report import plot_trajectory
+    from affectverse_ds.eval.plots import plot_trajectory
 
     plot = Path(args.plot) if args.plot else Path(f"{Path(args.video).stem}_trajectory.png")
     plot_trajectory([r.ratio for r in results], [r.emotions for r in results], plot,

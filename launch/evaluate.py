@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from affectverse_ds.data.loader import LoaderError
     from affectverse_ds.eval.evaluate import run_evaluation
+    from affectverse_ds.train.export import CheckpointError
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         run_evaluation(args.config, args.checkpoint, overrides=args.overrides, benchmarks=args.benchmarks,
                        modalities=args.modality, keep_ratios=args.keep_ratio, mode=args.mode, out_dir=args.out,
                        max_batches=args.max_batches, probe=not args.no_probe)
-    except (ConfigError, LoaderError, FileNotFoundError, KeyError, preflight.PreflightError) as err:
+    except (ConfigError, LoaderError, CheckpointError, FileNotFoundError, KeyError, preflight.PreflightError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from affectverse_ds.chat import ASSISTANT_PREFIX, render
-from affectverse_ds.config import DataConfig
+from affectverse_ds.config import MODALITY_SETTINGS as SETTINGS, DataConfig
 from affectverse_ds.data import processing
 from affectverse_ds.data.batch import (
     AUDIO_TOKEN_ID, IGNORE_INDEX, IM_END_ID, PAD_TOKEN_ID, VIDEO_TOKEN_ID, Batch,
@@ -31,14 +31,6 @@ from affectverse_ds.data.batch import (
 
 log = logging.getLogger(__name__)
 
-# evaluation setting -> (video, audio, subtitle) kept; "avt" is training and the paper's A+V+T
-SETTINGS: dict[str, tuple[bool, bool, bool]] = {
-    "avt": (True, True, True),
-    "at": (False, True, True),
-    "vt": (True, False, True),
-    "av": (True, True, False),
-    "t": (False, False, True),
-}
 IM_END = "<|im_end|>"
 _META_DROP = ("messages", "text")  # large and already turned into tokens
 

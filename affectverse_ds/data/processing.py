@@ -130,7 +130,8 @@ def audio_output_length(n_mel_frames: int) -> int:
     """LLM tokens the thinker's audio tower makes from ``n_mel_frames`` valid mel frames.
 
     Same arithmetic as ``Qwen2_5OmniAudioEncoder._get_feat_extract_output_lengths``:
-    the stride-2 conv, then the stride-2 average pool.
+    the stride-2 conv, then the stride-2 average pool. Not a call to it: that is a private method of the model
+    module, which loader workers would otherwise import; tests/data/test_processing.py checks it for 1..30000.
     """
     after_conv = (n_mel_frames - 1) // 2 + 1
     return (after_conv - 2) // 2 + 1

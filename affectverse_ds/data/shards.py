@@ -125,24 +125,39 @@ def encode_item(item: RawItem, bench: Benchmark, root: Path, cfg: DecodeConfig) 
     return Encoded(key, sample_members(key, meta, clip, cfg), meta_row(key, meta, shard=None))
 
 
+def sample_meta(*, benchmark: str, split: str, name: str, label: dict, duration: float | None, fps: float,
+                n_frames: int, audio_samples: int, sample_rate: int, subtitle: str, question: str,
+                answer: str) -> dict:
+    """The fields the loader's encoder reads (modalities, the chat messages and their rendering), for the
+    builder's samples and for ``predict``'s clips alike; ``duration`` None leaves that field out."""
+    has_video, has_audio = n_frames > 0, audio_samples > 0
+    messages = build_messages(question, subtitle, answer, has_video=has_video, has_audio=has_audio)
+    meta = {"benchmark": benchmark, "split": split, "name": name, "label": label}
+    if duration is not None:
+        meta["duration"] = duration
+    meta.update({
+        "fps": fps, "n_frames": n_frames, "audio_samples": audio_samples, "sample_rate": sample_rate,
+        "modalities": {"video": has_video, "audio": has_audio, "text": bool(subtitle.strip())},
+        "subtitle": subtitle, "question": question, "answer": answer,
+        "messages": messages, "text": render(messages),
+    })
+    return meta
+
+
 def build_meta(item: RawItem, bench: Benchmark, clip: Clip, root: Path, cfg: DecodeConfig) -> dict:
     """The sample's JSON metadata (schema.META_FIELDS plus ``notes``, ``segment``, ``crop``, ``audio_source``)."""
     has_audio = clip.audio is not None and len(clip.audio) > 0
-    answer = bench.target(item.label)
-    messages = build_messages(bench.question, item.subtitle, answer, has_video=True, has_audio=has_audio)
-    meta = {
-        "benchmark": bench.name, "split": item.split, "name": item.name,
-        "label": item.label.to_json(),
-        "duration": round(clip.duration, 6), "fps": cfg.fps, "n_frames": len(clip.frames),
-        "audio_samples": len(clip.audio) if has_audio else 0, "sample_rate": cfg.sample_rate,
-        "modalities": {"video": True, "audio": has_audio, "text": bool(item.subtitle.strip())},
-        "subtitle": item.subtitle, "question": bench.question, "answer": answer,
-        "messages": messages, "text": render(messages),
+    meta = sample_meta(
+        benchmark=bench.name, split=item.split, name=item.name, label=item.label.to_json(),
+        duration=round(clip.duration, 6), fps=cfg.fps, n_frames=len(clip.frames),
+        audio_samples=len(clip.audio) if has_audio else 0, sample_rate=cfg.sample_rate,
+        subtitle=item.subtitle, question=bench.question, answer=bench.target(item.label))
+    meta.update({
         "source": _rel(item.video, root), "source_sha256": file_sha256(str(item.video)),
         "synthetic": bench.synthetic, "notes": clip.notes + _item_notes(item), "shape": item.shape,
         "segment": list(item.segment) if item.segment else None, "crop": item.crop,
         "audio_source": _rel(item.audio, root) if item.audio is not None else None,
-    }
+    })
     problems = schema.validate_meta(meta)
     if problems:  # a bug here, not bad input: fail loudly rather than write a sample the loader rejects
         raise AssertionError(f"{item.name}: metadata breaks the shard contract: {problems}")
@@ -257,6 +272,7 @@ class ShardWriter:
         return self.shard_name(self.index)
 
     def _open(self) -> None:
+        # webdataset.TarWriter(mtime=TAR_MTIME, format="PAX_FORMAT") also rebuilds byte-identically (bench/tar_writer_identity.py) but sorts members by extension, which would change every existing shard's bytes: a switch for the shard format's owner
         self.file = open(self.out / (self.shard_name(self.index) + ".tmp"), "wb")
         self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.PAX_FORMAT)
         self.count = self.bytes = 0

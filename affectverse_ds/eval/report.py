@@ -7,9 +7,7 @@
   with its group average.
 * :func:`format_table8` - paper Table 8: per-rollout-step imagination cosine and MSE per stream
   (video, audio), beside the two no-learning baselines on the same futures.
-* :func:`plot_keep_ratio`, :func:`plot_imagination`, :func:`plot_mama` - PNG figures (accuracy vs
-  keep ratio, imagination fidelity vs step, paper Fig. 3's belief-to-memory attention).
-* :func:`plot_trajectory` - paper Fig. 7: how a prediction evolves with the observed fraction.
+* the figures (keep ratio, imagination, MAMA, trajectory) are drawn by ``eval/plots.py``.
 
 Scores are percentages; NaN means "nothing scored" and prints as an em dash.
 """
@@ -20,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-import numpy as np
+from affectverse_ds.config import MODALITY_SETTINGS
 
 # Column order of paper Table 1 (basic, sentiment, fine-grained) and the names it prints.
 BENCHMARK_ORDER = ("mer2023", "mer2024", "meld", "iemocap", "cmumosi", "cmumosei", "sims", "simsv2", "ovmerd")
@@ -30,8 +28,7 @@ DISPLAY = {
 }
 N_PROTOCOL_BENCHMARKS = len(BENCHMARK_ORDER)  # "Mean: the average of the nine main scores"
 # modality setting -> (audio, video, text) present, as Table 1's A V T columns
-SETTING_FLAGS = {"avt": (True, True, True), "at": (True, False, True), "vt": (False, True, True),
-                 "av": (True, True, False), "t": (False, False, True)}
+SETTING_FLAGS = {name: (audio, video, text) for name, (video, audio, text) in MODALITY_SETTINGS.items()}
 # Table 2's setting names
 SETTING_NAMES = {"avt": "Full", "vt": "No Audio", "at": "No Video", "av": "No Text", "t": "Text only"}
 GROUP_TITLES = {"sentiment": "Sentiment benchmarks", "discrete": "Classification benchmarks",
@@ -57,6 +54,7 @@ class RunScore:
         score: main score in percent (NaN when nothing was scored).
         metric: its name (``hit``, ``wf1_nonzero``, ``ov_f``).
         group: ``discrete`` / ``sentiment`` / ``openset``.
+        low, high: 95 % bootstrap interval of the score over the test clips (NaN: not computed).
     """
 
     model: str
@@ -66,6 +64,8 @@ class RunScore:
     score: float
     metric: str = ""
     group: str = ""
+    low: float = math.nan
+    high: float = math.nan
 
 
 @dataclass
@@ -81,6 +81,8 @@ class ImaginationRow:
         cos: mean cosine to the pooled real future, per rollout step.
         mse: mean MSE to the pooled real future, per rollout step.
         n: samples averaged (those with a future on this stream).
+        cos_low, cos_high, mse_low, mse_high: 95 % bootstrap interval of each mean over the clips, per step
+            (empty: not computed).
     """
 
     model: str
@@ -91,6 +93,10 @@ class ImaginationRow:
     cos: list[float] = field(default_factory=list)
     mse: list[float] = field(default_factory=list)
     n: int = 0
+    cos_low: list[float] = field(default_factory=list)
+    cos_high: list[float] = field(default_factory=list)
+    mse_low: list[float] = field(default_factory=list)
+    mse_high: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -310,155 +316,6 @@ def format_table8(rows: Sequence[ImaginationRow]) -> str:
                         + [fmt(nanmean(c for r in ewm for c in r.cos), 3),
                            fmt(nanmean(m for r in ewm for m in r.mse), 4), str(sum(r.n for r in ewm))])
     return markdown_table(header, body)
-
-
-# ----------------------------------------------------------------------------- plots
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_keep_ratio(scores: Sequence[RunScore], model: str, path: str | Path) -> Path:
-    """Accuracy vs keep ratio: one panel per benchmark, one line per setting (Table 2 as a figure)."""
-    plt = _pyplot()
-    mine = [s for s in scores if s.model == model]
-    benches = order_benchmarks({s.benchmark for s in mine})
-    if not benches:
-        raise ValueError(f"no scores of model {model!r} to plot")
-    cols = min(3, len(benches))
-    rows = math.ceil(len(benches) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, bench in zip(axes.flat, benches):
-        for setting in dict.fromkeys(s.modality for s in mine if s.benchmark == bench):
-            pts = sorted((s.keep_ratio, s.score) for s in mine if s.benchmark == bench and s.modality == setting)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                    label=f"{SETTING_NAMES.get(setting, setting)} ({setting})")
-        metric = next((s.metric for s in mine if s.benchmark == bench), "")
-        ax.set_title(display(bench))
-        ax.set_xlabel("keep ratio \u03ba")
-        ax.set_ylabel(f"{metric} (%)" if metric else "score (%)")
-        ax.invert_xaxis()  # the paper reads from full observation (1.0) to 0.1
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(benches):]:
-        ax.axis("off")
-    fig.suptitle(f"Score vs keep ratio ({model})")
-    return _save(fig, path, plt)
-
-
-def plot_imagination(rows: Sequence[ImaginationRow], path: str | Path) -> Path:
-    """Imagination fidelity vs rollout step: cosine (left) and MSE (right), one line per stream x predictor."""
-    plt = _pyplot()
-    rows = [r for r in rows if r.n > 0 and r.cos]
-    if not rows:
-        raise ValueError("no imagination statistics to plot")
-    fig, (ax_c, ax_m) = plt.subplots(1, 2, figsize=(10, 3.8))
-    styles = {"ewm": "-", "repeat_last": "--", "mean_observed": ":"}
-    multi = len({(r.model, r.modality, round(r.keep_ratio, 9)) for r in rows}) > 1
-    for r in rows:
-        steps = np.arange(1, len(r.cos) + 1)
-        tag = f"{r.model} {r.modality} \u03ba={r.keep_ratio:g} " if multi else ""
-        label = f"{tag}{STREAM_NAMES.get(r.stream, r.stream)}: {PREDICTOR_NAMES.get(r.predictor, r.predictor)}"
-        kw = dict(linestyle=styles.get(r.predictor, "-"), marker="o" if r.predictor == "ewm" else None)
-        ax_c.plot(steps, r.cos, label=label, **kw)
-        ax_m.plot(steps, r.mse, label=label, **kw)
-    for ax, name in ((ax_c, "cosine to real future \u2191"), (ax_m, "MSE to real future \u2193")):
-        ax.set_xlabel("rollout step")
-        ax.set_ylabel(name)
-        ax.set_xticks(range(1, max(len(r.cos) for r in rows) + 1))
-        ax.grid(alpha=0.3)
-    ax_m.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: the lines stay visible
-    fig.suptitle("Imagination fidelity vs rollout step")
-    return _save(fig, path, plt)
-
-
-def memory_labels(n_steps: int, n_future: int) -> list[str]:
-    """Tick labels of the MAMA memory [video steps 1..S ; audio steps 1..S], N_s tokens per step."""
-    return [f"{m}{s + 1}.{j + 1}" for m in ("V", "A") for s in range(n_steps) for j in range(n_future)]
-
-
-def modality_mass(weights: np.ndarray) -> np.ndarray:
-    """(N_q, 2): each belief token's attention mass on the video half and the audio half of the memory."""
-    half = weights.shape[1] // 2
-    return np.stack([weights[:, :half].sum(1), weights[:, half:].sum(1)], axis=1)
-
-
-def plot_mama(weights: np.ndarray, n_steps: int, path: str | Path, title: str = "") -> Path:
-    """Paper Fig. 3: belief-to-memory attention (left) and its modality-level mass per belief token (right).
-
-    Args:
-        weights: (N_q, N_M) head-averaged MAMA attention, memory laid out [video steps ; audio steps]
-            (N_M = 2 S N_s), rows summing to 1.
-        n_steps: S, to draw the step and modality boundaries.
-        path: PNG to write.
-        title: figure title (e.g. model, benchmark and sample count).
-    """
-    weights = np.asarray(weights, dtype=np.float64)
-    if weights.ndim != 2 or weights.shape[1] % (2 * n_steps):
-        raise ValueError(f"MAMA weights {weights.shape} do not split into 2 x {n_steps} steps")
-    plt = _pyplot()
-    n_q, n_m = weights.shape
-    n_future = n_m // (2 * n_steps)
-    fig, (ax_h, ax_b) = plt.subplots(1, 2, figsize=(max(8.0, 0.22 * n_m + 4), 0.45 * n_q + 2.2),
-                                     gridspec_kw={"width_ratios": [4, 1]})
-    image = ax_h.imshow(weights, aspect="auto", cmap="viridis")
-    ax_h.set_yticks(range(n_q), [f"B{i + 1}" for i in range(n_q)])
-    labels = memory_labels(n_steps, n_future)
-    stride = max(1, n_m // 24)
-    ax_h.set_xticks(range(0, n_m, stride), labels[::stride], rotation=90, fontsize=7)
-    for k in range(1, 2 * n_steps):
-        ax_h.axvline(k * n_future - 0.5, color="white", linewidth=0.6 if k % n_steps else 1.8)
-    ax_h.set_xlabel("memory token (modality, step.token)")
-    ax_h.set_title("belief \u2192 memory attention")
-    fig.colorbar(image, ax=ax_h, fraction=0.03)
-    mass = modality_mass(weights)
-    y = np.arange(n_q)
-    ax_b.barh(y, mass[:, 0], color="tab:blue", label="video")
-    ax_b.barh(y, mass[:, 1], left=mass[:, 0], color="tab:orange", label="audio")
-    ax_b.set_yticks(y, [f"B{i + 1}" for i in range(n_q)])
-    ax_b.invert_yaxis()  # same row order as the heatmap
-    ax_b.set_xlim(0, max(1.0, float(mass.sum(1).max())))
-    ax_b.set_title("modality mass")
-    ax_b.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=2)
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path, plt)
-
-
-def plot_trajectory(ratios: Sequence[float], predictions: Sequence[Sequence[str]], path: str | Path,
-                    title: str = "") -> Path:
-    """Paper Fig. 7: the predicted emotion words at each observed fraction (one marker per word and ratio)."""
-    if len(ratios) != len(predictions):
-        raise ValueError(f"{len(ratios)} ratios but {len(predictions)} predictions")
-    plt = _pyplot()
-    none = "(no emotion)"
-    words = list(dict.fromkeys(w for p in predictions for w in (p or [none])))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(ratios) + 2), 0.4 * len(words) + 1.8))
-    for r, pred in zip(ratios, predictions):
-        for w in pred or [none]:
-            ax.scatter(100 * r, words.index(w), s=60, color="tab:red" if not pred else "tab:blue")
-    ax.set_yticks(range(len(words)), words)
-    ax.set_xticks([100 * r for r in ratios], [f"{100 * r:.0f}%" for r in ratios])
-    ax.set_xlabel("observed fraction of the clip")
-    ax.set_ylim(-0.7, len(words) - 0.3)
-    ax.grid(alpha=0.3)
-    ax.set_title(title or "Prediction vs observation ratio")
-    return _save(fig, path, plt)
-
-
-def _save(fig, path: str | Path, plt) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")  # keeps legends placed outside the axes
-    plt.close(fig)
-    return path
 
 
 # ----------------------------------------------------------------------------- summary

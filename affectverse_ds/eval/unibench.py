@@ -25,8 +25,6 @@ from affectverse_ds.eval.extract import Extractor, LexiconExtractor, SentimentMa
 from affectverse_ds.eval.predictions import Prediction, PredictionSet, epoch_of, prediction_files, read_predictions
 from affectverse_ds.eval.wheel import PACKAGED_WHEEL_DIR, EmotionWheels, load_wheels
 
-MAIN_METRIC = {"discrete": "hit", "sentiment": "wf1_nonzero", "openset": "ov_f"}
-
 
 @dataclass
 class ScoreReport:
@@ -145,8 +143,7 @@ def score_predictions(bench: Benchmark, labels: LabelTable, preds: PredictionSet
     """
     names = list(labels.labels)
     samples = [preds.entries.get(n) for n in names]
-    scorer = {"discrete": _score_discrete, "sentiment": _score_sentiment, "openset": _score_openset}[bench.group]
-    report = scorer(bench, [labels.labels[n] for n in names], samples, ctx)
+    report = score_lists(bench, [labels.labels[n] for n in names], samples, ctx)
     report.file = str(preds.path)
     report.missing = sum(p is None for p in samples)
     report.extra = len(set(preds.entries) - set(names))
@@ -156,7 +153,14 @@ def score_predictions(bench: Benchmark, labels: LabelTable, preds: PredictionSet
     return report
 
 
-def _mapped_by_wheel(word_lists: Sequence[Sequence[str]], wheels: EmotionWheels) -> list[list[frozenset]]:
+def score_lists(bench: Benchmark, gts: Sequence[Label], samples: Sequence[Prediction | None],
+                ctx: ScoringContext) -> ScoreReport:
+    """The protocol's scores of aligned GT and predictions (None: missing, scored as empty); no file fields."""
+    scorer = {"discrete": _score_discrete, "sentiment": _score_sentiment, "openset": _score_openset}[bench.group]
+    return scorer(bench, list(gts), list(samples), ctx)
+
+
+def mapped_by_wheel(word_lists: Sequence[Sequence[str]], wheels: EmotionWheels) -> list[list[frozenset]]:
     """For each wheel, the G_w set of each sample's words."""
     return [[wheels.group_set(words, w) for words in word_lists] for w in range(wheels.n_wheels)]
 
@@ -169,8 +173,8 @@ def _any_wheel_count(gt_by_wheel: list[list[frozenset]]) -> int:
 def _score_discrete(bench: Benchmark, gts: list[Label], samples: list[Prediction | None],
                     ctx: ScoringContext) -> ScoreReport:
     words = [predicted_words(p, ctx.extractor) for p in samples]
-    gt_sets = _mapped_by_wheel([[g.emo] for g in gts], ctx.wheels)
-    hit = metrics.hit_rate(gt_sets, _mapped_by_wheel(words, ctx.wheels))
+    gt_sets = mapped_by_wheel([[g.emo] for g in gts], ctx.wheels)
+    hit = metrics.hit_rate(gt_sets, mapped_by_wheel(words, ctx.wheels))
     classes = [closed_class(w, bench.classes, ctx.wheels) or "" for w in words]
     conventional = metrics.discrete_conventional([g.emo for g in gts], classes)
     scored = _any_wheel_count(gt_sets)
@@ -200,8 +204,8 @@ def _score_sentiment(bench: Benchmark, gts: list[Label], samples: list[Predictio
 def _score_openset(bench: Benchmark, gts: list[Label], samples: list[Prediction | None],
                    ctx: ScoringContext) -> ScoreReport:
     words = [predicted_words(p, ctx.extractor) for p in samples]
-    gt_sets = _mapped_by_wheel([list(g.openset or ()) for g in gts], ctx.wheels)
-    prf = metrics.set_prf(gt_sets, _mapped_by_wheel(words, ctx.wheels))
+    gt_sets = mapped_by_wheel([list(g.openset or ()) for g in gts], ctx.wheels)
+    prf = metrics.set_prf(gt_sets, mapped_by_wheel(words, ctx.wheels))
     scored = _any_wheel_count(gt_sets)
     return ScoreReport(
         benchmark=bench.name, file="", metric="ov_f", main=_pct(prf.f.mean),

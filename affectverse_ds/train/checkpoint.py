@@ -10,20 +10,18 @@ Layout of ``<out_dir>/checkpoints/step_000100/``:
 from __future__ import annotations
 
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from affectverse_ds.config import AffectVerseConfig, dump_config
 from affectverse_ds.train import distributed as dist
+from affectverse_ds.train.export import STEP_RE as _STEP_RE, export_trainable  # the export lives beside its loading
 
 COMPLETE = "COMPLETE"
-_STEP_RE = re.compile(r"^step_(\d{6,})$")
 
 
 def step_tag(step: int) -> str:
@@ -93,20 +91,3 @@ def load_checkpoint(engine, path: Path, info: dist.DistInfo) -> dict[str, Any]:
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=True))
     return client_state or {}
-
-
-def export_trainable(model, cfg: AffectVerseConfig, out: str | Path) -> Path:
-    """LoRA adapter in PEFT format, EWM weights in safetensors, the config: all evaluation needs beside the backbone."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.lora.enabled:
-        model.thinker.save_pretrained(out / "lora")
-    ewm_state = model.ewm_state_dict()
-    if ewm_state:
-        save_file({k: v.detach().contiguous().cpu() for k, v in ewm_state.items()}, str(out / "ewm.safetensors"))
-    dump_config(cfg, out / "config.yaml")
-    return out
-
-
-def load_ewm_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -20,6 +21,7 @@ from affectverse_ds.config import load_config
 from affectverse_ds.data import schema
 from affectverse_ds.data.batch import IM_END_ID
 from affectverse_ds.eval import evaluate as ev
+from affectverse_ds.eval import inference
 from affectverse_ds.train.distributed import DistInfo, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,9 +44,9 @@ def tiny_eval_config(backbone: Path, shard_dir: Path, reference: Path, *extra: s
 
 def make_checkpoint(cfg, folder: Path, seed: int) -> Path:
     """A checkpoint as training writes it (``step_NNNNNN/export/``), without DeepSpeed: the tiny model with
-    its trainable weights moved away from their init, exported by ``train.checkpoint.export_trainable``."""
+    its trainable weights moved away from their init, exported by ``train.export.export_trainable``."""
     from affectverse_ds.model.affect_model import build_model
-    from affectverse_ds.train.checkpoint import export_trainable
+    from affectverse_ds.train.export import export_trainable
 
     torch.manual_seed(seed)
     model = build_model(cfg, "cpu")
@@ -125,6 +127,50 @@ def test_load_trained_weights_restores_the_export(setup):
     torch.testing.assert_close(mine, adapter[lora_a])
 
 
+def _damage(export: Path, which: str, how: str) -> Path:
+    """Damage one weight file of an export: ``truncated`` (first half kept), ``garbage`` or ``foreign`` tensors."""
+    path = export / ("ewm.safetensors" if which == "ewm" else "lora/adapter_model.safetensors")
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "garbage":
+        path.write_bytes(b"\x00not safetensors at all" * 40)
+    else:
+        from safetensors.torch import save_file
+
+        save_file({"something.else": torch.zeros(3)}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("which,how", [("ewm", "truncated"), ("ewm", "garbage"), ("ewm", "foreign"),
+                                       ("adapter", "truncated"), ("adapter", "foreign")])
+def test_damaged_weights_are_a_one_line_error_naming_the_file(setup, tmp_path, which, how):
+    ckpt = tmp_path / "step_000010"
+    shutil.copytree(setup.ckpts[0], ckpt)
+    path = _damage(ckpt / "export", which, how)
+    with pytest.raises(ev.CheckpointError) as err:
+        ev.load_checkpoint_model(ev.resolve_checkpoint(ckpt), setup.cfg, "cpu")
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message and len(message) < 500
+
+
+def test_launch_cli_reports_a_truncated_ewm_file_in_one_line(setup, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("_launch_evaluate", REPO / "launch" / "evaluate.py")
+    launch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch)
+    from affectverse_ds.config import dump_config
+
+    ckpt = tmp_path / "step_000010"
+    shutil.copytree(setup.ckpts[0], ckpt)
+    path = _damage(ckpt / "export", "ewm", "truncated")
+    config = dump_config(setup.cfg, tmp_path / "eval.yaml")
+    rc = launch.main(["--config", str(config), "--benchmarks", "cmumosi", "--out", str(tmp_path / "results"),
+                      "--no-probe", "--checkpoint", str(ckpt)])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # beside transformers' progress bars
+    assert rc == 2 and "Traceback" not in err
+    assert len(errors) == 1 and errors[0].startswith(f"error: {path}: not a readable safetensors file")
+
+
 def test_model_config_takes_model_sections_from_the_checkpoint(setup):
     user = load_config(REPO / "launch" / "configs" / "tiny.yaml", ["ewm.d_w=32", "ewm.heads=4",
                                                                   f"data.shard_dir={setup.shards}"])
@@ -194,8 +240,21 @@ def test_fidelity_mean_observed_and_pooling():
 
 
 def test_probe_kappas():
-    assert ev.probe_kappas([1.0, 0.7, 0.5], 0.7) == [0.7, 0.5]
-    assert ev.probe_kappas([1.0], 0.7) == [0.85]
+    # inside the training range U[0.7, 1) (its lower end and middle) as well as the sweep's points below 1
+    assert ev.probe_kappas([1.0, 0.7, 0.5], 0.7) == [0.85, 0.7, 0.5]
+    assert ev.probe_kappas([1.0], 0.7) == [0.85, 0.7]
+    assert ev.probe_kappas([1.0, 0.3, 0.1], 0.5) == [0.75, 0.5, 0.3, 0.1]
+
+
+def test_mama_heatmap_averages_dual_modality_samples_only():
+    sums = ev.MamaSums()
+    w = torch.stack([torch.full((4, 6), float(i)) for i in range(3)])  # (B=3, N_q, N_M): sample i is all i
+    sums.add(w, torch.tensor([False, False, False]), limit=16)  # a batch without a dual-modality sample
+    assert sums.n == 0 and sums.mean() is None
+    sums.add(w, torch.tensor([False, True, True]), limit=16)
+    assert sums.n == 2 and np.allclose(sums.mean(), 1.5)  # samples 1 and 2, never the single-modality 0
+    sums.add(w, torch.tensor([True, True, True]), limit=3)  # the limit counts samples
+    assert sums.n == 3 and np.allclose(sums.mean(), 1.0)
 
 
 def test_read_gold_counts_shards_and_builder_rejects(setup):
@@ -298,11 +357,28 @@ def test_rank_mode_predicts_the_most_likely_candidate(runs):
 def test_best_per_benchmark_row_matches_the_per_checkpoint_scores(runs):
     outcome, _ = runs["generate"]
     at_one = [s for s in outcome.scores if s.keep_ratio == 1.0 and s.modality == "avt"]
+    best = [r for r in ev.report.table1_rows(outcome.scores, "step_000020") if r.sources and r.modality == "avt"][0]
+    with_scores = 0
     for bench in ("meld", "cmumosi", "ovmerd"):
         mine = [s.score for s in at_one if s.benchmark == bench and not math.isnan(s.score)]
-        best = [r for r in ev.report.table1_rows(outcome.scores, "step_000020") if r.sources and r.modality == "avt"][0]
         if mine:
             assert best.values[bench] == max(mine)
+            with_scores += 1
+        else:  # nothing scored on this benchmark: the best-of cell is empty (NaN), never a number
+            assert math.isnan(best.values[bench]) and bench not in best.sources
+    assert with_scores >= 2  # the comparison above ran, not only the empty case
+
+
+def test_benchmark_json_has_a_bootstrap_interval_around_each_score(runs):
+    _, out = runs["rank"]
+    intervals = 0
+    for bench in ("meld", "cmumosi"):
+        for run in json.loads((out / f"{bench}.json").read_text())["runs"]:
+            low, high = run["interval_95"]
+            if run["score"] is not None:
+                assert low <= run["score"] + 1e-9 and run["score"] <= high + 1e-9
+                intervals += 1
+    assert intervals >= 8  # 2 benchmarks x 2 checkpoints x 2 settings x 2 keep ratios
 
 
 def test_work_split_over_two_ranks_gathers_the_single_rank_result(setup, runs):
@@ -320,6 +396,28 @@ def test_work_split_over_two_ranks_gathers_the_single_rank_result(setup, runs):
         assert {s.name: s.prediction.to_json() for s in gathered.samples} == \
                {p["name"]: {k: v for k, v in p.items() if k not in ("name", "candidate_logprobs")}
                 for p in single["predictions"]}
+
+
+def test_random_belief_ablation_is_reproducible(setup, tmp_path):
+    """``ewm.belief=random`` draws its beliefs from a seeded, forked generator: two evaluations agree exactly
+    and the caller's RNG stream is not consumed."""
+    cfg = tiny_eval_config(setup.cfg.backbone.path, setup.shards, setup.cfg.eval.reference_data, "ewm.belief=random")
+    ckpt = make_checkpoint(cfg, tmp_path / "step_000030", seed=5)
+    plan = ev.EvalPlan([str(ckpt)], benchmarks=["cmumosi"], modalities=["avt"], keep_ratios=[1.0, 0.5],
+                       mode="rank", probe=False, write=False)
+    info = DistInfo(0, 1, 0, "127.0.0.1", 0, "single")
+    first, second = (ev.run_rank(setup.cfg, plan, info, "cpu") for _ in range(2))
+    logprobs = [[s.candidate_logprobs for run in out.runs for s in run.samples] for out in (first, second)]
+    assert logprobs[0] and logprobs[0] == logprobs[1]
+    state = torch.get_rng_state()
+    with inference.belief_rng(cfg, "cmumosi", "avt", 0, 0, 1.0):
+        drawn = torch.randn(3)
+    assert torch.equal(torch.get_rng_state(), state)  # forked: the caller's stream goes on where it was
+    with inference.belief_rng(cfg, "cmumosi", "avt", 0, 0, 1.0):
+        assert torch.equal(torch.randn(3), drawn)
+    with inference.belief_rng(setup.cfg, "x"):  # belief "ewm": nothing seeded, nothing forked
+        torch.randn(3)
+    assert not torch.equal(torch.get_rng_state(), state)
 
 
 def test_launch_cli(setup, tmp_path, capsys):
@@ -412,12 +510,12 @@ def test_table8_and_imagination_plot_from_the_trace(setup, tmp_path, monkeypatch
                                use=[torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)],
                                imagined=[imagined, imagined])
 
-    monkeypatch.setattr(ev, "imagination_trace", fake_trace)
+    monkeypatch.setattr(inference, "imagination_trace", fake_trace)  # where the inference loop looks it up
     plan = ev.EvalPlan([str(setup.ckpts[0])], benchmarks=["cmumosi"], modalities=["avt"], keep_ratios=[1.0, 0.5],
                        mode="rank", out_dir=str(tmp_path / "results"))
     outcome = ev.evaluate(setup.cfg, plan, device="cpu")
-    assert calls and set(calls) == {0.5}  # no future exists at kappa = 1
-    rows = {(r.stream, r.predictor): r for r in outcome.imagination}
+    assert calls and set(calls) == {0.85, 0.7, 0.5}  # inside the training range and the sweep's 0.5; none at 1
+    rows = {(r.stream, r.predictor): r for r in outcome.imagination if r.keep_ratio == 0.5}
     assert set(rows) == {("v", "ewm"), ("v", "repeat_last"), ("v", "mean_observed")}  # audio unused
     ewm = rows[("v", "ewm")]
     assert ewm.n == 2 and ewm.cos == pytest.approx([1.0] * 3) and ewm.mse == pytest.approx([0.0] * 3, abs=1e-6)

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from affectverse_ds.eval import metrics
 
@@ -20,6 +20,26 @@ def test_weighted_f1_matches_sklearn_documented_example():
     y_true, y_pred = [0, 1, 2, 0, 1, 2], [0, 2, 1, 0, 0, 1]
     assert metrics.weighted_f1(y_true, y_pred) == pytest.approx(0.26666666666666666)
     assert metrics.accuracy(y_true, y_pred) == pytest.approx(1 / 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcd"), st.sampled_from("abcde")), min_size=1, max_size=60))
+def test_accuracy_and_weighted_f1_agree_with_sklearn(pairs):
+    """sklearn.metrics is the oracle (zero_division=0: a class never predicted has F1 0, as ours)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    y_true, y_pred = [t for t, _ in pairs], [p for _, p in pairs]
+    assert metrics.accuracy(y_true, y_pred) == pytest.approx(accuracy_score(y_true, y_pred))
+    assert metrics.weighted_f1(y_true, y_pred) == pytest.approx(
+        f1_score(y_true, y_pred, average="weighted", zero_division=0))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(-3, 3), st.floats(-3, 3)), min_size=3, max_size=40))
+def test_pearson_agrees_with_numpy(pairs):
+    x, y = np.array(pairs).T
+    assume(x.std() > 1e-3 and y.std() > 1e-3)  # constant sides: NaN, tested by hand below
+    assert metrics.pearson(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-9)
 
 
 def test_weighted_f1_class_only_predicted_costs_precision_but_has_no_weight():

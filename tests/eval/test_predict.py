@@ -20,7 +20,7 @@ SECONDS = 2.0
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_backbone_dir, tiny_wheel_dir):
     from affectverse_ds.model.affect_model import build_model
-    from affectverse_ds.train.checkpoint import export_trainable
+    from affectverse_ds.train.export import export_trainable
     from data_prep.make_fixtures import encode_clip
 
     root = tmp_path_factory.mktemp("predict")
@@ -88,7 +88,7 @@ def test_trajectory_at_full_observation_equals_the_plain_prediction(setup):
     assert results[1].answer == setup.predictor.predict(obs).answer
 
 
-def test_streaming_matches_the_whole_clip_without_redecoding(setup, monkeypatch):
+def test_streaming_matches_the_whole_clip_without_redecoding(setup):
     obs = setup.predictor.decode(setup.clip, "hi")
     whole = setup.predictor.predict(obs)
     session = setup.predictor.stream(subtitle="hi")
@@ -98,15 +98,29 @@ def test_streaming_matches_the_whole_clip_without_redecoding(setup, monkeypatch)
     first = session.predict()
     assert first.frames == 3 and first.audio_samples == half
 
-    # nothing already received is decoded again: no call to the media decoder from here on
-    import affectverse_ds.data.media as media
-
-    monkeypatch.setattr(media, "decode_clip", lambda *a, **k: pytest.fail("the past was re-decoded"))
+    # what was received stays as received: the same JPEG bytes objects, the audio joined into one array
+    held = list(session._obs.frames)
     session.add_frames(obs.frames[3:])
     session.add_audio((obs.audio[half:] * 32768.0).round().astype(np.int16))  # int16 chunks are accepted too
     last = session.predict()
     assert last.answer == whole.answer and last.frames == 6 and last.audio_samples == len(obs.audio)
     assert [r.frames for r in session.history] == [3, 6]
+    assert all(a is b for a, b in zip(session._obs.frames, held)) and len(session._chunks) == 1
+
+
+def test_streaming_encodes_each_raw_frame_once(setup, monkeypatch):
+    """Raw frames are resized and JPEG-encoded when they arrive, never again at a later prediction."""
+    session = setup.predictor.stream()
+    encoded = []
+    encode = session._jpeg
+    monkeypatch.setattr(session, "_jpeg", lambda frame: encoded.append(1) or encode(frame))
+    rgb = np.random.default_rng(0).integers(0, 255, (2, 100, 120, 3), dtype=np.uint8)
+    session.add_frames(rgb)
+    session.predict()
+    session.add_frames(rgb[:1])
+    session.predict()
+    session.predict()
+    assert len(encoded) == 3 and [r.frames for r in session.history] == [2, 3, 3]
 
 
 def test_streaming_accepts_raw_frames_and_rejects_bad_audio(setup):
@@ -131,6 +145,21 @@ def test_unreadable_video_is_an_error_message_not_a_crash(setup, capsys):
     assert P.main(["--checkpoint", str(setup.ckpt), str(setup.bad)]) == 2
     assert "cannot read" in capsys.readouterr().err
     assert P.main(["--checkpoint", str(setup.root / "nope"), str(setup.clip)]) == 2
+
+
+@pytest.mark.parametrize("content", [b"\x00garbage" * 30, None])  # None: the file cut in half
+def test_damaged_ewm_weights_are_a_one_line_error(setup, tmp_path, capsys, content):
+    import shutil
+
+    ckpt = tmp_path / "step_000005"
+    shutil.copytree(setup.ckpt, ckpt)
+    ewm = ckpt / "export" / "ewm.safetensors"
+    ewm.write_bytes(content if content is not None else ewm.read_bytes()[: ewm.stat().st_size // 2])
+    assert P.main(["--checkpoint", str(ckpt), str(setup.clip)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # beside transformers' progress bars
+    assert "Traceback" not in err
+    assert len(errors) == 1 and errors[0].startswith(f"error: {ewm}: not a readable safetensors file")
 
 
 def test_without_emotion_wheels_the_trained_answer_is_still_parsed(tmp_path):

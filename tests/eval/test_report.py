@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from affectverse_ds.eval import report
+from affectverse_ds.eval import plots, report
 from affectverse_ds.eval.report import ImaginationRow, RunScore
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -129,28 +129,28 @@ def test_table8_per_step_columns_baselines_and_ewm_average():
 
 def test_plots_are_written(tmp_path):
     scores = _scores()
-    p1 = report.plot_keep_ratio(scores, "step_000200", tmp_path / "keep.png")
-    p2 = report.plot_imagination(_imagination_rows(), tmp_path / "img.png")
+    p1 = plots.plot_keep_ratio(scores, "step_000200", tmp_path / "keep.png")
+    p2 = plots.plot_imagination(_imagination_rows(), tmp_path / "img.png")
     weights = np.random.default_rng(0).dirichlet(np.ones(24), size=8)  # 8 beliefs, 2 x 3 steps x 4 tokens
-    p3 = report.plot_mama(weights, n_steps=3, path=tmp_path / "sub" / "mama.png", title="t")
-    p4 = report.plot_trajectory([0.1, 0.5, 1.0], [["stress"], [], ["neutral", "calm"]], tmp_path / "traj.png")
+    p3 = plots.plot_mama(weights, n_steps=3, path=tmp_path / "sub" / "mama.png", title="t")
+    p4 = plots.plot_trajectory([0.1, 0.5, 1.0], [["stress"], [], ["neutral", "calm"]], tmp_path / "traj.png")
     for p in (p1, p2, p3, p4):
         h, w, _ = _png_shape(p)
         assert h > 100 and w > 100
     with pytest.raises(ValueError):
-        report.plot_keep_ratio(scores, "nope", tmp_path / "x.png")
+        plots.plot_keep_ratio(scores, "nope", tmp_path / "x.png")
     with pytest.raises(ValueError):
-        report.plot_mama(weights[:, :23], n_steps=3, path=tmp_path / "bad.png")
+        plots.plot_mama(weights[:, :23], n_steps=3, path=tmp_path / "bad.png")
     with pytest.raises(ValueError):
-        report.plot_trajectory([0.1], [], tmp_path / "bad.png")
+        plots.plot_trajectory([0.1], [], tmp_path / "bad.png")
 
 
 def test_modality_mass_splits_memory_halves():
     w = np.zeros((2, 8))
     w[0, :4] = 0.25  # all on video
     w[1, 2], w[1, 6] = 0.5, 0.5
-    np.testing.assert_allclose(report.modality_mass(w), [[1.0, 0.0], [0.5, 0.5]])
-    assert report.memory_labels(2, 2) == ["V1.1", "V1.2", "V2.1", "V2.2", "A1.1", "A1.2", "A2.1", "A2.2"]
+    np.testing.assert_allclose(plots.modality_mass(w), [[1.0, 0.0], [0.5, 0.5]])
+    assert plots.memory_labels(2, 2) == ["V1.1", "V1.2", "V2.1", "V2.2", "A1.1", "A1.2", "A2.1", "A2.2"]
 
 
 def test_counts_and_summary(tmp_path):
@@ -163,3 +163,42 @@ def test_counts_and_summary(tmp_path):
     path = report.write_summary(tmp_path / "summary.md", [("Counts", table), ("Table 1", "x")])
     text = path.read_text()
     assert text.startswith("# Evaluation summary") and "## Counts" in text and "## Table 1" in text
+
+
+def _drawn(monkeypatch):
+    """Capture the figures the plot functions save: [(axes, ...)] per call."""
+    figures = []
+
+    def keep(fig, path, plt):
+        figures.append(fig.axes)
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+def test_keep_ratio_plot_shows_every_model_with_interval_bands(monkeypatch, tmp_path):
+    scores = [RunScore(s.model, s.modality, s.keep_ratio, s.benchmark, s.score, s.metric, s.group,
+                       s.score - 3, s.score + 3) for s in _scores()]
+    figures = _drawn(monkeypatch)
+    plots.plot_keep_ratio(scores, "step_000200", tmp_path / "keep.png")
+    panels = [ax for ax in figures[0] if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["MER2023", "MOSI"]
+    for ax in panels:
+        labels = [line.get_label() for line in ax.get_lines()]
+        assert any(label.startswith("step_000100 ") for label in labels)  # not only the fixed checkpoint
+        assert any(label.startswith("step_000200 ") for label in labels)
+        assert len(ax.collections) == len(labels) == 4  # one band per line (2 models x 2 settings)
+        widths = {line.get_linewidth() for line in ax.get_lines()}
+        assert len(widths) == 2  # the fixed checkpoint drawn thicker
+
+
+def test_imagination_plot_shows_every_model_with_bands(monkeypatch, tmp_path):
+    rows = _imagination_rows() + [ImaginationRow("m2", "avt", 0.85, "v", "ewm", [0.9, 0.8, 0.7], [0.1] * 3, 4,
+                                                 [0.85, 0.75, 0.65], [0.95, 0.85, 0.75], [0.05] * 3, [0.15] * 3)]
+    figures = _drawn(monkeypatch)
+    plots.plot_imagination(rows, tmp_path / "img.png")
+    ax_c, ax_m = figures[0][:2]
+    assert len(ax_c.get_lines()) == len(ax_m.get_lines()) == 5
+    assert any(line.get_label().startswith("m2 avt \u03ba=0.85") for line in ax_c.get_lines())
+    assert len(ax_c.collections) == len(ax_m.collections) == 1  # only the row with intervals has a band

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from affectverse_ds.chat import SYSTEM_PROMPT
 from affectverse_ds.config import (
     AffectVerseConfig, ConfigError, check_world, dump_config, from_dict, load_config, to_dict,
 )
@@ -25,7 +26,7 @@ def test_7b_preset_matches_paper():
     cfg = load_config(REPO / "launch/configs/affectverse_7b.yaml")
     assert cfg.train.lr == 2e-4 and cfg.train.weight_decay == 0.01 and cfg.train.warmup_ratio == 0.03
     assert (cfg.train.micro_batch, cfg.train.grad_accum, cfg.train.global_batch, cfg.train.epochs) == (4, 8, 256, 3)
-    assert cfg.data.system_prompt == "You are an emotion recognition assistant"
+    assert SYSTEM_PROMPT == "You are an emotion recognition assistant"  # (paper) the prompt the chat template uses
     assert check_world(cfg.train, world_size=8) == 256
     with pytest.raises(ConfigError, match="train.global_batch"):
         check_world(cfg.train, world_size=2)

@@ -1,0 +1,94 @@
+"""Bootstrap intervals over test clips, for the figures: a score or a per-step mean recomputed on clips drawn
+with replacement, and the 2.5th / 97.5th percentiles of the resampled values (a percentile interval).
+
+Resampling is seeded, so an evaluation's intervals are reproducible. Each clip's part of the main score is
+read once with the scorer's own helpers; a resample then costs numpy sums (tests check that the full sample
+gives exactly ``unibench``'s score). scipy.stats.bootstrap would handle the means but not the protocol's
+per-wheel ratios over a resample.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from affectverse_ds.benchmarks import Benchmark, Label, LabelTable
+from affectverse_ds.eval import metrics
+from affectverse_ds.eval.predictions import PredictionSet
+from affectverse_ds.eval.unibench import ScoringContext, mapped_by_wheel, predicted_sentiment, predicted_words
+
+RESAMPLES = 200
+LEVEL = 0.95
+SEED = 0
+
+
+def _resample(n: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n) clip indices drawn with replacement."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def percentile_interval(values: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper percentiles over axis 0 (NaN resamples ignored)."""
+    tail = 100.0 * (1.0 - level) / 2.0
+    return np.nanpercentile(values, tail, axis=0), np.nanpercentile(values, 100.0 - tail, axis=0)
+
+
+def mean_interval(per_sample: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Interval of the mean over clips: per_sample (n, S) -> low (S,), high (S,)."""
+    per_sample = np.asarray(per_sample, dtype=np.float64)
+    means = per_sample[_resample(len(per_sample), resamples, seed)].mean(axis=1)  # (R, S)
+    return percentile_interval(means)
+
+
+def _terms(bench: Benchmark, gts: list[Label], samples: list, ctx: ScoringContext) -> dict[str, np.ndarray]:
+    """Per-clip quantities from which the main score of any resample follows, read once with the scorer's
+    own helpers (extraction and wheel mapping are the slow part; a resample then costs a few numpy sums)."""
+    if bench.group == "sentiment":
+        words = [predicted_sentiment(p, ctx.mapper, ctx.extractor) for p in samples]
+        return {"val": np.array([g.val for g in gts], dtype=float),
+                "polarity": np.array([metrics.polarity_value(w) for w in words], dtype=float)}
+    gt_words = [[g.emo] for g in gts] if bench.group == "discrete" else [list(g.openset or ()) for g in gts]
+    gt_sets = mapped_by_wheel(gt_words, ctx.wheels)  # [W][n]
+    pred_sets = mapped_by_wheel([predicted_words(p, ctx.extractor) for p in samples], ctx.wheels)
+    scored = np.array([[bool(y) for y in wheel] for wheel in gt_sets])  # (W, n)
+    if bench.group == "discrete":
+        hit = np.array([[bool(y & y_hat) for y, y_hat in zip(gw, pw)] for gw, pw in zip(gt_sets, pred_sets)])
+        return {"scored": scored, "hit": hit & scored}
+    common = [[len(y & y_hat) for y, y_hat in zip(gw, pw)] for gw, pw in zip(gt_sets, pred_sets)]
+    p = np.array([[c / len(y_hat) if y_hat else 0.0 for c, y_hat in zip(cw, pw)] for cw, pw in zip(common, pred_sets)])
+    r = np.array([[c / len(y) if y and y_hat else 0.0 for c, y, y_hat in zip(cw, gw, pw)]
+                  for cw, gw, pw in zip(common, gt_sets, pred_sets)])
+    return {"scored": scored, "p": p * scored, "r": r * scored}
+
+
+def _resampled_main(group: str, terms: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+    """Main score (percent) of each resample: idx (R, n) -> (R,), as ``unibench.score_lists`` computes it."""
+    if group == "sentiment":
+        return np.array([100.0 * metrics.sentiment_scores(terms["val"][i], terms["polarity"][i]).wf1_nonzero
+                         for i in idx])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n = terms["scored"][:, idx].sum(-1)  # (W, R)
+        if group == "discrete":
+            per_wheel = terms["hit"][:, idx].sum(-1) / n
+        else:
+            p, r = terms["p"][:, idx].sum(-1) / n, terms["r"][:, idx].sum(-1) / n
+            per_wheel = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+        per_wheel = np.where(n > 0, per_wheel, np.nan)  # a wheel that scored nothing: NaN, as the protocol
+    return 100.0 * per_wheel.mean(0)
+
+
+def score_interval(bench: Benchmark, labels: LabelTable, preds: PredictionSet, ctx: ScoringContext,
+                   resamples: int = RESAMPLES, seed: int = SEED) -> tuple[float, float]:
+    """Interval of a benchmark's main score over its test clips (each resample scored by the protocol).
+
+    Returns (NaN, NaN) without labels or when every resample scores NaN.
+    """
+    names = list(labels.labels)
+    if not names:
+        return math.nan, math.nan
+    terms = _terms(bench, [labels.labels[n] for n in names], [preds.entries.get(n) for n in names], ctx)
+    values = _resampled_main(bench.group, terms, _resample(len(names), resamples, seed))
+    if np.isnan(values).all():
+        return math.nan, math.nan
+    low, high = percentile_interval(values)
+    return float(low), float(high)
