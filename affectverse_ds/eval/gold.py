@@ -54,9 +54,12 @@ def read_gold(shard_dir: str | Path, bench: Benchmark, split: str | None = None)
                     continue
                 try:
                     meta = json.load(tar.extractfile(member))
+                    problems = schema.validate_meta(meta)  # the loader's own check: both see the same samples
+                    if problems:
+                        raise ValueError("; ".join(problems))
                     label = label_from_json(meta["label"])
                     name = str(meta["name"])
-                except (KeyError, ValueError, TypeError, AttributeError) as err:
+                except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as err:
                     rejected_labels[member.name] = f"unreadable metadata: {err}"
                     continue
                 in_shards.append(name)

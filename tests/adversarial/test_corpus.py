@@ -355,21 +355,11 @@ def test_killing_the_builder_parent_ends_its_workers(tmp_path):
 # ----------------------------------------------------------------------------- the evaluator CLI
 
 
-# evaluate.read_gold reads each sample's JSON itself, without the shard check: deep JSON raises
-# RecursionError, and a label of the wrong type (emo 5) or a null emo beside val=Infinity reaches the
-# scorer (AttributeError in wheel.group). The fix (read_gold validating with schema.validate_meta and
-# catching RecursionError) belongs to affectverse_ds/eval/evaluate.py, outside this change; these strict
-# xfails flip when it lands.
-EVAL_GAPS = ("json_deep_100k", "meta_wrong_types", "meta_inf_val")
-
-
-@pytest.mark.parametrize("kinds", [
-    pytest.param(sorted(set(corpus.SAMPLE_KINDS) - set(EVAL_GAPS)), id="all-but-known-gaps"),
-    *[pytest.param([k], id=f"gap-{k}", marks=pytest.mark.xfail(strict=True, raises=(RecursionError, AttributeError),
-                                                            reason="evaluate.read_gold, see above"))
-      for k in EVAL_GAPS],
-])
-def test_evaluate_cli_on_a_hostile_test_split(kinds, tmp_path, tiny_backbone_dir, capsys):
+# Every kind, the three that once crashed the evaluator's gold reader included (deep JSON raised
+# RecursionError; emo 5, or a null emo beside val=Infinity, reached the scorer): eval.gold now runs the
+# shard contract's validate_meta on each sample, as the loader does.
+def test_evaluate_cli_on_a_hostile_test_split(tmp_path, tiny_backbone_dir, capsys):
+    kinds = sorted(corpus.SAMPLE_KINDS)
     evaluate_tests = _module(REPO / "tests" / "eval" / "test_evaluate.py")
     eval_conftest = _module(REPO / "tests" / "eval" / "conftest.py")
     shards = tmp_path / "shards"
