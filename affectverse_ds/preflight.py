@@ -204,7 +204,7 @@ def evaluation_checks(cfg, out_dir: str | Path, benchmarks: Sequence[str] | None
             lambda: free_disk(out_dir, 256 * MiB, "evaluation (predictions, tables, plots)")]
 
 
-def shard_build_checks(root: str | Path, out: str | Path, benchmark: str | None = None) -> list[Check]:
+def shard_build_checks(root: str | Path, out: str | Path | None, benchmark: str | None = None) -> list[Check]:
     """The raw root exists and holds files; the output is writable with room for about the raw media's size
     (the benchmark's processed folder when it has one under ``root``, else the whole root)."""
     media = Path(root)
@@ -221,6 +221,8 @@ def shard_build_checks(root: str | Path, out: str | Path, benchmark: str | None 
             return f"benchmark root {root} is missing or empty: download the benchmark there, or fix --root"
         return None
 
+    if out is None:  # --dry-run writes nothing
+        return [root_present]
     return [root_present, lambda: writable(out),
             lambda: free_disk(out, folder_bytes(media), f"shards of {media} (about the size of the raw media)")]
 
@@ -252,7 +254,7 @@ def for_evaluation(cfg, out_dir: str | Path, benchmarks: Sequence[str] | None = 
     require(evaluation_checks(cfg, out_dir, benchmarks, ckpts))
 
 
-def for_shard_build(root: str | Path, out: str | Path, benchmark: str | None = None) -> None:
+def for_shard_build(root: str | Path, out: str | Path | None, benchmark: str | None = None) -> None:
     require(shard_build_checks(root, out, benchmark))
 
 

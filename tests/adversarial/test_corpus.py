@@ -298,9 +298,12 @@ def test_builder_cli_fatal_errors_are_one_line(case, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "data_prep.build_shards", "--benchmark", "meld", "--layout", layout,
                            "--root", str(root), "--split", "test", "--out", str(out), "--no-progress"], cwd=REPO,
                           env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1
     line = _one_line(proc.stderr)
-    assert line.startswith("error: ") and "adversarial pickle ran" not in proc.stdout + proc.stderr
+    if case == "unwritable_out":  # caught by the start-up checks, before any work: their exit status and prefix
+        assert proc.returncode == 2 and line.startswith("preflight: ") and "not writable" in line, proc.stderr
+    else:
+        assert proc.returncode == 1 and line.startswith("error: "), proc.stderr
+    assert "adversarial pickle ran" not in proc.stdout + proc.stderr
 
 
 def _descendants(pid: int) -> list[int]:
