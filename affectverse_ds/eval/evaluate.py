@@ -5,7 +5,7 @@
 
 For every checkpoint, benchmark and modality setting, each rank reads its share of the test split
 (``data.loader.build_eval_loader``: sample ``g`` goes to rank ``g % world``), and for every keep ratio
-kappa (the model observes only the first kappa of each audio/video region, EVALUATION.md) predicts:
+kappa (the model observes only the first kappa of each audio/video region, docs/evaluation.md) predicts:
 
 * ``generate``: greedy decoding with the KV cache, belief tokens injected as in training
   (``AffectVerseModel.generate``); the answer is read by the scorer's extractor;

@@ -172,7 +172,7 @@ def write_summary(out_dir: Path, scores: list[RunScore], imagination: list[Imagi
     sections = [("Table 1: main results (MER-UniBench main scores, %)",
                  (f"Keep ratio {top:g}. " if top != 1.0 else "")
                  + "Discrete: HIT rate; sentiment: weighted F1 on non-zero GT; OV-MERD+: set F "
-                 "(EVALUATION.md).\n\n" + report.format_table1(report.table1_rows(scores, fixed, top)))]
+                 "(docs/evaluation.md).\n\n" + report.format_table1(report.table1_rows(scores, fixed, top)))]
     if len({s.model for s in scores}) > 1:
         sections.append((f"Every checkpoint (keep ratio {top:g})",
                          report.format_table1(report.model_rows(scores, top))))
