@@ -12,6 +12,7 @@ import sys
 from affectverse_ds.config import ConfigError, load_config
 from affectverse_ds.data.loader import LoaderError
 from affectverse_ds.model.backbone import BackboneError
+from affectverse_ds.train.checkpoint import CheckpointError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         from affectverse_ds.train.loop import Trainer
 
         result = Trainer(cfg, args.ds, resume=args.resume).train()
-    except (ConfigError, BackboneError, LoaderError, FileNotFoundError) as err:
+    except (ConfigError, BackboneError, LoaderError, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if result.stopped_by_signal:
