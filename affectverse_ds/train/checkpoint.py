@@ -89,7 +89,7 @@ def save_checkpoint(engine, model, cfg: AffectVerseConfig, step: int, client_sta
     torch.save(rng_state(), path / f"rng_rank{info.rank}.pt")
     if info.is_main:
         dump_config(cfg, path / "config.yaml")
-        export_trainable(model, cfg, path / "export")
+    export_gathered(model, cfg, path / "export", info)  # every rank: ZeRO-3 gathers the partitioned weights
     dist.barrier()  # every rank has written its shards and RNG state
     if info.is_main:
         write_integrity(path)
@@ -259,6 +259,20 @@ def resolve_resume(ckpt_dir: str | Path, resume: str, info: dist.DistInfo) -> Pa
     if error:
         raise CheckpointError(error)
     return None if path is None else Path(path)
+
+
+def export_gathered(model, cfg: AffectVerseConfig, out: str | Path, info: dist.DistInfo) -> Path:
+    """``export_trainable`` written by rank 0, called on every rank: under ZeRO-3 each rank holds a slice of each
+    partitioned trainable weight, and ``GatheredParameters`` (a collective) assembles the whole weights first."""
+    partitioned = [p for _, p in model.trainable_parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        return export_trainable(model, cfg, out) if info.is_main else Path(out)
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
+        if info.is_main:
+            export_trainable(model, cfg, out)
+    return Path(out)
 
 
 def export_trainable(model, cfg: AffectVerseConfig, out: str | Path) -> Path:
