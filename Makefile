@@ -9,11 +9,12 @@ STAMP := $(VENV)/.installed
 
 # torch first: `torch==2.13.0` takes the local CPU build, so the range in requirements.txt pulls nothing more.
 # torchvision is never installed (its wheel breaks against the CPU torch and then `import peft` fails).
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+# constraints.txt pins every package to the version the test suite was run with (a reproducible install).
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q torch==2.13.0
-	$(VPY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(VPY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(VPY) -m pip install -q -c constraints.txt -r requirements.txt -r requirements-dev.txt
 	$(VPY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

@@ -13,6 +13,7 @@ from affectverse_ds import preflight
 from affectverse_ds.config import ConfigError, load_config
 from affectverse_ds.data.loader import LoaderError
 from affectverse_ds.model.backbone import BackboneError
+from affectverse_ds.train.checkpoint import CheckpointError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         from affectverse_ds.train.loop import Trainer
 
         result = Trainer(cfg, args.ds, resume=args.resume).train()
-    except (ConfigError, BackboneError, LoaderError, FileNotFoundError, preflight.PreflightError) as err:
+    except (ConfigError, BackboneError, LoaderError, CheckpointError, FileNotFoundError, preflight.PreflightError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if result.stopped_by_signal:

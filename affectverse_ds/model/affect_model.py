@@ -181,14 +181,14 @@ class AffectVerseModel(nn.Module):
                 raise _StopForward(output[0] if isinstance(output, tuple) else output)
             hook = lm.layers[source_layer].register_forward_hook(stop)
         try:
-            out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, past_key_values=cache,
+            out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, cache=cache,
                      use_cache=cache is not None)
         except _StopForward as done:
             return done.hidden, None
         finally:
             if hook is not None:
                 hook.remove()
-        return out.last_hidden_state, out.past_key_values
+        return out.last_hidden_state, out.cache
 
     def _kappa(self, b: int, kappa, training: bool, generator) -> torch.Tensor:
         """(B,) float64 keep ratios: given, else U[kappa_min, 1) in training with temporal splitting, else 1."""

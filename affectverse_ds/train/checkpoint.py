@@ -5,10 +5,19 @@ Layout of ``<out_dir>/checkpoints/step_000100/``:
   rng_rank{r}.pt     each rank's RNG states (loaded with weights_only=True)
   config.yaml        the resolved config
   export/            lora/ (PEFT adapter), ewm.safetensors, config.yaml: for evaluation and sharing
+  INTEGRITY.json     size and sha256 of every file above, written by rank 0 just before COMPLETE
   COMPLETE           written last, after every rank finished: only such folders count as checkpoints
+
+Resuming reads nothing that can run code: every ``.pt`` file is loaded with ``torch.load(weights_only=True)``
+and an allow-list of the three DeepSpeed classes its checkpoints hold (``DEEPSPEED_SAFE_GLOBALS``), and a
+folder is used only after its integrity record checks out (``resolve_resume``).
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -19,9 +28,11 @@ import torch
 
 from affectverse_ds.config import AffectVerseConfig, dump_config
 from affectverse_ds.train import distributed as dist
-from affectverse_ds.train.export import STEP_RE as _STEP_RE, export_trainable  # the export lives beside its loading
+from affectverse_ds.train.export import (  # the export lives beside its loading; one error class for both
+    STEP_RE as _STEP_RE, CheckpointError, export_trainable)
 
 COMPLETE = "COMPLETE"
+INTEGRITY = "INTEGRITY.json"
 
 
 def step_tag(step: int) -> str:
@@ -70,13 +81,17 @@ def save_checkpoint(engine, model, cfg: AffectVerseConfig, step: int, client_sta
     ckpt_dir = Path(cfg.train.out_dir) / "checkpoints"
     tag = step_tag(step)
     path = ckpt_dir / tag
+    if info.is_main:
+        clear_marks(path)
+    dist.barrier()
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, exclude_frozen_parameters=True)
     torch.save(rng_state(), path / f"rng_rank{info.rank}.pt")
     if info.is_main:
         dump_config(cfg, path / "config.yaml")
-        export_trainable(model, cfg, path / "export")
+    export_gathered(model, cfg, path / "export", info)  # every rank: ZeRO-3 gathers the partitioned weights
     dist.barrier()  # every rank has written its shards and RNG state
     if info.is_main:
+        write_integrity(path)
         (path / COMPLETE).write_text(f"{step}\n")
         for old in complete_checkpoints(ckpt_dir)[:-cfg.train.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
@@ -85,9 +100,172 @@ def save_checkpoint(engine, model, cfg: AffectVerseConfig, step: int, client_sta
 
 
 def load_checkpoint(engine, path: Path, info: dist.DistInfo) -> dict[str, Any]:
-    """Restore engine state, this rank's RNG state, and return the client state."""
+    """Restore engine state, this rank's RNG state, and return the client state.
+
+    ``engine`` must load through ``WeightsOnlyCheckpointEngine`` (``train/engine.py`` installs it)."""
     _, client_state = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=False)
     rng_file = path / f"rng_rank{info.rank}.pt"
     if rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=True))
+        set_rng_state(safe_torch_load(rng_file))
     return client_state or {}
+
+
+# ---------------------------------------------------------------------------- loading without running code
+
+def deepspeed_safe_globals() -> list[type]:
+    """The only non-tensor classes DeepSpeed's checkpoints hold (found with ``get_unsafe_globals_in_checkpoint``
+    on ZeRO-2 and ZeRO-3 saves, fp32 and bf16): plain records and an int enum, none with custom unpickling."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [fragment_address, ZeroStageEnum, LossScaler]
+
+
+def _allowed_names() -> set[str]:
+    return {f"{c.__module__}.{c.__qualname__}" for c in deepspeed_safe_globals()}
+
+
+def refused_globals(path: str | Path) -> list[str]:
+    """Globals a ``.pt`` file would import beyond torch's weights-only set and our allow-list (a scan; nothing runs)."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported, not loaded
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    return sorted(set(found) - _allowed_names())
+
+
+def safe_torch_load(path: str | Path, map_location=None) -> Any:
+    """``torch.load(weights_only=True)`` with the DeepSpeed allow-list; a refused file is a one-line CheckpointError."""
+    try:
+        with torch.serialization.safe_globals(deepspeed_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        try:
+            extra = refused_globals(path)
+        except CheckpointError as unreadable:
+            raise unreadable from None
+        if extra:
+            raise CheckpointError(f"{path}: refused: it pickles objects outside the weights-only allow-list "
+                                  f"({', '.join(extra)})") from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: cannot load weights-only: {first}") from None
+
+
+# ---------------------------------------------------------------------------- integrity record
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")
+                  if p.is_file() and p.relative_to(path).as_posix() not in (COMPLETE, INTEGRITY))
+
+
+def write_integrity(path: str | Path) -> Path:
+    """Record the size and sha256 of every file of a checkpoint folder (rank 0, after every rank wrote, before COMPLETE)."""
+    path = Path(path)
+    record = {"files": {rel: {"size": (path / rel).stat().st_size, "sha256": _sha256(path / rel)}
+                        for rel in _files(path)}}
+    tmp = path / (INTEGRITY + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+    os.replace(tmp, path / INTEGRITY)
+    return path / INTEGRITY
+
+
+def clear_marks(path: str | Path) -> None:
+    """Drop COMPLETE and the integrity record before saving again into an existing folder (same step after a
+    fallback), so a save interrupted there cannot leave an old marker over new files."""
+    for name in (COMPLETE, INTEGRITY):
+        (Path(path) / name).unlink(missing_ok=True)
+
+
+def verify_checkpoint(path: str | Path) -> str | None:
+    """None if ``path`` is a complete checkpoint whose files match its integrity record and whose ``.pt`` files
+    hold nothing outside the weights-only allow-list; otherwise the reason, in one line."""
+    path = Path(path)
+    if not path.is_dir():
+        return "not a folder"
+    if not (path / COMPLETE).is_file():
+        return f"no {COMPLETE} marker (an interrupted save)"
+    try:
+        listed = json.loads((path / INTEGRITY).read_text())["files"]
+        assert isinstance(listed, dict)
+    except FileNotFoundError:
+        return f"no integrity record {INTEGRITY}"
+    except (ValueError, KeyError, TypeError, AssertionError):
+        return f"{INTEGRITY} is unreadable"
+    present = set(_files(path))
+    unlisted = sorted(present - set(listed))
+    if unlisted:
+        return f"{unlisted[0]}: not in the integrity record"
+    for rel, want in sorted(listed.items()):
+        file = path / rel
+        if rel not in present:
+            return f"{rel}: missing"
+        if not isinstance(want, dict) or file.stat().st_size != want.get("size"):
+            return f"{rel}: size {file.stat().st_size} != recorded {want.get('size') if isinstance(want, dict) else '?'}"
+        if _sha256(file) != want.get("sha256"):
+            return f"{rel}: sha256 differs from the record"
+    for rel in sorted(present):
+        if rel.endswith(".pt"):
+            try:
+                extra = refused_globals(path / rel)
+            except CheckpointError as err:
+                return str(err).removeprefix(f"{path / rel}: ")
+            if extra:
+                return f"{rel}: pickles objects outside the weights-only allow-list ({', '.join(extra)})"
+    return None
+
+
+def choose_resume(ckpt_dir: str | Path, resume: str) -> tuple[Path | None, list[str], str | None]:
+    """Pure decision for ``--resume``: (folder or None to start fresh, lines to print, error or None).
+
+    ``auto``: the newest complete checkpoint that verifies; each damaged newer one is named with its reason.
+    A folder: used only if it verifies."""
+    if resume != "auto":
+        reason = verify_checkpoint(resume)
+        return (None, [], f"--resume {resume}: {reason}") if reason else (Path(resume), [], None)
+    done = complete_checkpoints(ckpt_dir)
+    if not done:
+        return None, ["resume auto: no complete checkpoint yet, starting fresh"], None
+    notes: list[str] = []
+    for path in reversed(done):
+        reason = verify_checkpoint(path)
+        if reason is None:
+            return path, notes, None
+        notes.append(f"resume auto: {path.name} is damaged ({reason}); falling back to the previous complete one")
+    return None, notes, f"resume auto: no usable checkpoint in {ckpt_dir}: all {len(done)} complete ones are damaged"
+
+
+def resolve_resume(ckpt_dir: str | Path, resume: str, info: dist.DistInfo) -> Path | None:
+    """``choose_resume`` on rank 0, broadcast, so every rank resumes the same folder or raises the same error."""
+    decision = choose_resume(ckpt_dir, resume) if info.is_main else None
+    path, notes, error = dist.broadcast_object(
+        None if decision is None else (None if decision[0] is None else str(decision[0]), decision[1], decision[2]))
+    for line in notes:
+        dist.print0(line, info=info)
+    if error:
+        raise CheckpointError(error)
+    return None if path is None else Path(path)
+
+
+def export_gathered(model, cfg: AffectVerseConfig, out: str | Path, info: dist.DistInfo) -> Path:
+    """``export_trainable`` written by rank 0, called on every rank: under ZeRO-3 each rank holds a slice of each
+    partitioned trainable weight, and ``GatheredParameters`` (a collective) assembles the whole weights first."""
+    partitioned = [p for _, p in model.trainable_parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        return export_trainable(model, cfg, out) if info.is_main else Path(out)
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
+        if info.is_main:
+            export_trainable(model, cfg, out)
+    return Path(out)
+

@@ -35,6 +35,9 @@ def load_ds_config(path: str | Path) -> dict:
     for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer"):
         if key in ds:
             raise ConfigError(f"{path}: {key} belongs in the AffectVerse config (train.*), not the engine policy")
+    if (ds.get("checkpoint") or {}).get("load_universal"):
+        raise ConfigError(f"{path}: checkpoint.load_universal reads checkpoints with pickle (weights_only=False); "
+                          f"resume accepts weights-only checkpoints only")
     return ds
 
 
@@ -67,4 +70,41 @@ def build_engine(model: torch.nn.Module, trainable: list[tuple[str, torch.nn.Par
         lr_scheduler=build_scheduler(total_steps, cfg.train.warmup_ratio),
         config=ds,
     )
+    install_weights_only_loading(engine)
     return engine, optimizer, scheduler, ds
+
+
+_WEIGHTS_ONLY_ENGINE: type | None = None
+
+
+def weights_only_checkpoint_engine() -> type:
+    """DeepSpeed's torch checkpoint engine with ``load`` through ``checkpoint.safe_torch_load`` (weights-only).
+
+    DeepSpeed routes every model/optimizer/ZeRO-shard read of ``load_checkpoint`` through
+    ``engine.checkpoint_engine.load``, so replacing that one object is the seam: no global patch of torch.load."""
+    global _WEIGHTS_ONLY_ENGINE
+    if _WEIGHTS_ONLY_ENGINE is None:
+        from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+        from affectverse_ds.train.checkpoint import safe_torch_load
+
+        class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+            def load(self, path: str, map_location=None):
+                return safe_torch_load(path, map_location=map_location)
+
+        _WEIGHTS_ONLY_ENGINE = WeightsOnlyCheckpointEngine
+    return _WEIGHTS_ONLY_ENGINE
+
+
+def install_weights_only_loading(engine) -> None:
+    """Make ``engine.load_checkpoint`` weights-only; refuse engines that would read checkpoints another way."""
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+    current = engine.checkpoint_engine
+    if type(current) is not TorchCheckpointEngine:
+        raise ConfigError(f"DeepSpeed checkpoint engine {type(current).__name__} loads with pickle; "
+                          f"AffectVerse resumes through the weights-only torch engine only")
+    if engine.load_universal_checkpoint():
+        raise ConfigError("checkpoint.load_universal reads with pickle (weights_only=False); not supported")
+    safe = weights_only_checkpoint_engine()(engine._config)  # same serialization settings as DeepSpeed's own
+    engine.checkpoint_engine = safe

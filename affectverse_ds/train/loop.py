@@ -92,9 +92,8 @@ class Trainer:
     # ------------------------------------------------------------------ resume / save
 
     def _resume(self, resume: str) -> None:
-        path = ckpt.latest_checkpoint(self.out_dir / "checkpoints") if resume == "auto" else Path(resume)
+        path = ckpt.resolve_resume(self.out_dir / "checkpoints", resume, self.info)  # verified, same on every rank
         if path is None:
-            dist.print0("resume auto: no complete checkpoint yet, starting fresh", info=self.info)
             return
         state = ckpt.load_checkpoint(self.engine, path, self.info)
         self.position = {k: state[k] for k in ("step", "epoch", "micro_in_epoch")}
