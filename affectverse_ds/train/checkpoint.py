@@ -72,6 +72,11 @@ def save_checkpoint(engine, model, cfg: AffectVerseConfig, step: int, client_sta
     ckpt_dir = Path(cfg.train.out_dir) / "checkpoints"
     tag = step_tag(step)
     path = ckpt_dir / tag
+    if info.is_main:
+        # saving over a folder of the same step (a resumed run reaching it again): it stops counting as complete
+        # until this save has finished
+        (path / COMPLETE).unlink(missing_ok=True)
+    dist.barrier()
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, exclude_frozen_parameters=True)
     torch.save(rng_state(), path / f"rng_rank{info.rank}.pt")
     if info.is_main:
@@ -80,10 +85,17 @@ def save_checkpoint(engine, model, cfg: AffectVerseConfig, step: int, client_sta
     dist.barrier()  # every rank has written its shards and RNG state
     if info.is_main:
         (path / COMPLETE).write_text(f"{step}\n")
-        for old in complete_checkpoints(ckpt_dir)[:-cfg.train.keep_last]:
+        for old in prune_list(complete_checkpoints(ckpt_dir), path, cfg.train.keep_last):
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return path
+
+
+def prune_list(complete: list[Path], newest: Path, keep_last: int) -> list[Path]:
+    """The checkpoints ``keep_last`` lets go: all but ``newest`` (the one just saved, kept whatever its step
+    number, e.g. after resuming from an earlier checkpoint) and the ``keep_last - 1`` latest others."""
+    others = [p for p in complete if p.resolve() != newest.resolve()]
+    return others[:max(0, len(others) - (keep_last - 1))]
 
 
 def load_checkpoint(engine, path: Path, info: dist.DistInfo) -> dict[str, Any]:
