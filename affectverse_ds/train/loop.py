@@ -191,13 +191,14 @@ class Trainer:
     def _after_step(self, stop: _StopFlag, result: TrainResult, epoch_end: bool) -> str | None:
         """Checkpointing and the stop conditions at an optimizer-step boundary; returns why the run ends, or None."""
         step, t = self.position["step"], self.cfg.train
+        signalled = dist.all_reduce_max(1.0 if stop.requested else 0.0) > 0  # every rank stops at the same step
         reason = None
-        if dist.all_reduce_max(1.0 if stop.requested else 0.0) > 0:  # every rank stops at the same step
+        if step >= self.total_steps:  # the plan's last step: finished, whatever else asked to stop here
+            reason = "end"
+        elif signalled:
             reason = "signal"
         elif step - self.start_step == t.stop_after_steps:
             reason = "stop_after_steps"
-        elif step >= self.total_steps:
-            reason = "end"
         periodic = t.save_every > 0 and step % t.save_every == 0
         if reason is not None or periodic or (epoch_end and t.save_each_epoch):
             result.last_checkpoint = self._save()
@@ -209,7 +210,7 @@ class Trainer:
 
     def _check_ranks_agree(self) -> None:
         """Trainable weights must be identical on every rank (the gradient all-reduce happened); recorded in the run dir."""
-        digest = _digest(self.model.trainable_parameters())
+        digest = trainable_digest(self.model.trainable_parameters())
         digests = dist.all_gather_object(digest)
         if self.info.is_main:
             record = {"step": self.position["step"], "trainable_sha256_per_rank": digests}
@@ -289,7 +290,7 @@ class _StepAccumulator:
         return scalars
 
 
-def _digest(named_params) -> str:
+def trainable_digest(named_params) -> str:
     h = hashlib.sha256()
     for name, p in sorted(named_params, key=lambda x: x[0]):
         h.update(name.encode())
