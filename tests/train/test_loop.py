@@ -196,3 +196,48 @@ def test_expected_losses(runs):
         pytest.skip(f"regenerated {EXPECTED_LOSSES}; review and commit it")
     expected = json.loads(EXPECTED_LOSSES.read_text())["losses"]
     assert losses == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- what stopped the run
+
+
+def test_a_signal_is_named_as_the_stop_reason(single_process, tiny_backbone_dir, two_benchmark_shards, tmp_path):
+    """SIGUSR1 during step 2's micro-batches: the run saves step 2 and reports "signal", not the plan's end."""
+    import signal
+
+    from affectverse_ds.train.loop import Trainer
+
+    cfg = loop_config(tiny_backbone_dir, two_benchmark_shards, tmp_path / "run", "train.epochs=1",
+                      "train.micro_batch=1", "train.grad_accum=2")
+    trainer = Trainer(cfg, REPO / "ds_configs/zero2.json")
+    step, calls = trainer._micro_step, []
+
+    def micro_step(batch, acc):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGUSR1)  # as SLURM's --signal=USR1 would, mid-step
+        step(batch, acc)
+
+    trainer._micro_step = micro_step
+    before = signal.getsignal(signal.SIGUSR1)
+    result = trainer.train()
+    assert (result.steps, result.stop_reason, result.finished) == (2, "signal", False)
+    assert result.last_checkpoint.name == "step_000002" and (result.last_checkpoint / "COMPLETE").is_file()
+    assert signal.getsignal(signal.SIGUSR1) == before  # the handler is put back
+
+
+def test_launch_says_what_stopped_the_run(single_process, tiny_backbone_dir, two_benchmark_shards, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_launch_train", REPO / "launch" / "train.py")
+    launch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch)
+    args = ["--ds", str(REPO / "ds_configs/zero2.json"), "--config", str(REPO / "launch/configs/tiny.yaml"),
+            f"backbone.path={tiny_backbone_dir}", f"data.shard_dir={two_benchmark_shards}",
+            f"train.out_dir={tmp_path / 'run'}", "data.train_benchmarks={meld: 1.0, cmumosi: 2.0}",
+            "data.num_workers=0", "train.micro_batch=2", "train.grad_accum=1", "train.max_steps=0", "train.epochs=1",
+            "train.stop_after_steps=2"]
+    assert launch.main(args) == 0
+    err = capsys.readouterr().err
+    assert "stopped by train.stop_after_steps at step 2; resume with --resume auto" in err
+    assert "signal" not in err
