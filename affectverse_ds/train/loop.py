@@ -169,8 +169,9 @@ class Trainer:
                     break
             else:
                 if self.position["epoch"] == epoch:  # the loader's contract: exactly batches_per_epoch per epoch
-                    raise RuntimeError(f"epoch {epoch}: the train loader stopped after {self.position['micro_in_epoch']} "
-                                       f"micro-batches, the plan has {self.plan.batches_per_epoch}")
+                    got = self.position["micro_in_epoch"]
+                    raise RuntimeError(f"epoch {epoch}: the train loader stopped after {got} micro-batches, "
+                                       f"the plan has {self.plan.batches_per_epoch}")
         stop.restore()
         result.steps, result.stop_reason = self.position["step"], reason
         self._check_ranks_agree()

@@ -64,8 +64,8 @@ class RunPlan:
         """The one line rank 0 prints at start."""
         length = "train.max_steps" if self.max_steps else f"{self.epochs:g} epochs"
         return (f"run plan: {self.samples_per_epoch} samples/epoch, {self.micro_batches_per_epoch} micro-batches/epoch "
-                f"per rank (micro {self.micro_batch} x {self.world_size} ranks; {self.left_out_per_epoch} left out as a "
-                f"partial window of accum {self.grad_accum}), {self.steps_per_epoch} optimizer steps/epoch, "
+                f"per rank (micro {self.micro_batch} x {self.world_size} ranks; {self.left_out_per_epoch} left out "
+                f"as a partial window of accum {self.grad_accum}), {self.steps_per_epoch} optimizer steps/epoch, "
                 f"{self.total_steps} total steps ({length}), {self.warmup_steps} warm-up steps")
 
 

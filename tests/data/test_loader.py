@@ -17,8 +17,8 @@ FAST = dict(seconds=1.0, frame_size=56)  # 3 small frames: the loader logic, not
 def _cfg(shard_dir, tiny_backbone_dir, *extra, workers=0, micro=2, weights="{meld: 1.0}"):
     return load_config(None, [
         f"data.shard_dir={shard_dir}", f"data.train_benchmarks={weights}", f"data.num_workers={workers}",
-        f"train.micro_batch={micro}", "train.grad_accum=1", f"backbone.path={tiny_backbone_dir}", "data.shuffle_buffer=5",
-        *extra,
+        f"train.micro_batch={micro}", "train.grad_accum=1", f"backbone.path={tiny_backbone_dir}",
+        "data.shuffle_buffer=5", *extra,
     ])
 
 

@@ -119,7 +119,8 @@ def test_export_loads_with_peft_and_gives_the_in_memory_logits(paper_run, tiny_b
 
     run, shards, _ = paper_run
     last = run / "checkpoints" / f"step_{STEPS:06d}"
-    cfg = load_config(last / "export" / "config.yaml", [f"backbone.path={tiny_backbone_dir}", f"data.shard_dir={shards}"])
+    cfg = load_config(last / "export" / "config.yaml",
+                      [f"backbone.path={tiny_backbone_dir}", f"data.shard_dir={shards}"])
     peft_thinker = PeftModel.from_pretrained(load_thinker(cfg.backbone), last / "export" / "lora")
     ewm = EmotionWorldModule(cfg.ewm, peft_thinker.config.text_config.hidden_size)
     ewm.load_state_dict(load_file(str(last / "export" / "ewm.safetensors")))

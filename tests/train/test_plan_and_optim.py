@@ -186,7 +186,8 @@ def test_metrics_logger_writes_jsonl_and_tensorboard(tmp_path):
     logger.log(2, {"loss/total": 2.0, "lr": 2e-4, "mfu": None})
     logger.close()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["step"], r["loss/total"], r["lr"], r["mfu"]) for r in rows] == [(1, 2.5, 1e-4, None), (2, 2.0, 2e-4, None)]
+    assert [(r["step"], r["loss/total"], r["lr"], r["mfu"]) for r in rows] == \
+        [(1, 2.5, 1e-4, None), (2, 2.0, 2e-4, None)]
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
     assert set(events.Tags()["scalars"]) == {"loss/total", "lr"}  # None values are left out of TensorBoard
