@@ -127,8 +127,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     precision: Literal["bf16", "fp32"] = "bf16"
     seed: int = 42
-    save_every: int = 500
-    keep_last: int = 3
+    save_every: int = 500  # optimizer steps between checkpoints (<= 0: none between); the last step always saves
+    save_each_epoch: bool = False  # also save at the end of every epoch
+    keep_last: int = 3  # complete checkpoints kept; the newest is never deleted
     log_every: int = 10
 
 

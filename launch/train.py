@@ -37,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, BackboneError, LoaderError, CheckpointError, FileNotFoundError, preflight.PreflightError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if result.stopped_by_signal:
-        print(f"stopped by signal at step {result.steps}; resume with --resume auto", file=sys.stderr)
+    if not result.finished:
+        why = {"signal": "a signal (SIGTERM/SIGUSR1)", "stop_after_steps": "train.stop_after_steps"}[result.stop_reason]
+        print(f"stopped by {why} at step {result.steps}; resume with --resume auto", file=sys.stderr)
     return 0
 
 

@@ -8,7 +8,7 @@ Training (:func:`build_train_loader`), per rank and epoch::
     -> tar reading that logs, counts and skips corrupt samples
     -> sample shuffle buffer -> decode -> model inputs (collator.SampleEncoder) -> batch (collator.collate)
 
-Every rank runs exactly :func:`train_steps_per_epoch` batches per epoch: each
+Every rank runs exactly ``train_plan().batches_per_epoch`` batches per epoch: each
 worker's stream cycles over its shards without end and is cut at its quota of
 batches (``with_epoch``, per worker), so ranks with fewer samples re-read some
 and never leave a collective waiting. Rank and world size are arguments: this
@@ -44,10 +44,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from affectverse_ds.benchmarks import get_benchmark
-from affectverse_ds.config import AffectVerseConfig
+from affectverse_ds.config import AffectVerseConfig, ConfigError
 from affectverse_ds.data import schema
 from affectverse_ds.data.batch import Batch
 from affectverse_ds.data.collator import DecodedSample, SampleEncoder, SampleError, collate
+from affectverse_ds.train.plan import RunPlan, make_run_plan
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +123,20 @@ class TrainPlan:
         shards: benchmark -> its train shards.
         weights: benchmark -> mixing weight (expected passes over its shards per epoch).
         num_samples: samples in one epoch (sum of weight x samples).
-        steps_per_epoch: batches per rank per epoch.
+        run: the run's length in micro-batches and optimizer steps (``train/plan.py``, the one place it is computed).
+        list_length: shard slots per epoch (weighted), what is split over ranks and workers.
     """
 
     shards: dict[str, list[Shard]]
     weights: dict[str, float]
     num_samples: int
-    steps_per_epoch: int
-    list_length: int  # shard slots per epoch (weighted), what is split over ranks and workers
+    run: RunPlan
+    list_length: int
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Micro-batches every rank reads per epoch: whole accumulation windows (see ``train/plan.py``)."""
+        return self.run.batches_per_epoch
 
 
 def train_plan(cfg: AffectVerseConfig, world: int) -> TrainPlan:
@@ -141,9 +148,10 @@ def train_plan(cfg: AffectVerseConfig, world: int) -> TrainPlan:
     shards = {b: list_shards(d.shard_dir, b, get_benchmark(b).train_splits) for b in sorted(d.train_benchmarks)}
     weights = {b: float(d.train_benchmarks[b]) for b in shards}
     num_samples = round(sum(w * sum(s.count for s in shards[b]) for b, w in weights.items()))
-    steps = num_samples // (cfg.train.micro_batch * world)
-    if steps < 1:
-        raise LoaderError(f"{num_samples} samples per epoch make no batch of {cfg.train.micro_batch} on {world} ranks")
+    try:
+        run = make_run_plan(cfg.train, num_samples, world)
+    except ConfigError as err:
+        raise LoaderError(str(err)) from None
     length = sum(_weighted_count(len(shards[b]), w) for b, w in weights.items())
     workers = max(1, d.num_workers)
     if length < workers * world:
@@ -151,12 +159,7 @@ def train_plan(cfg: AffectVerseConfig, world: int) -> TrainPlan:
             f"{length} shards (weighted) are fewer than workers x ranks = {workers} x {world}; "
             f"write smaller shards or lower data.num_workers"
         )
-    return TrainPlan(shards, weights, num_samples, steps, length)
-
-
-def train_steps_per_epoch(cfg: AffectVerseConfig, world: int) -> int:
-    """Batches every rank runs per epoch: floor(epoch samples / (micro_batch x world))."""
-    return train_plan(cfg, world).steps_per_epoch
+    return TrainPlan(shards, weights, num_samples, run, length)
 
 
 def _weighted_count(n: int, weight: float) -> int:
@@ -276,7 +279,7 @@ class _TrainStream(IterableDataset):
         slot = (worker + self.start_batch) % n_workers
         node = epoch_shards(self.plan, self.seed, self.epoch)[self.rank::self.world]
         mine = node[slot::n_workers]
-        steps = self.plan.steps_per_epoch
+        steps = self.plan.batches_per_epoch
         done = _quota(self.start_batch, slot, n_workers)
         left = _quota(steps, slot, n_workers) - done
         tag = f"{self.seed}/{self.epoch}/{self.rank}/{self.world}/{slot}/{n_workers}"
@@ -368,13 +371,13 @@ def _one_line_errors() -> Iterator[None]:
 
 
 class TrainLoader:
-    """Batches of one rank for one epoch: ``len()`` batches from ``start_batch`` to ``steps_per_epoch``.
+    """Batches of one rank for one epoch: ``len()`` batches from ``start_batch`` to ``batches_per_epoch``.
 
     Iterate it once per epoch (build a new one for the next epoch).
     """
 
     def __init__(self, stream: _TrainStream, num_workers: int, pin_memory: bool):
-        self.steps_per_epoch = stream.plan.steps_per_epoch
+        self.batches_per_epoch = stream.plan.batches_per_epoch
         self.num_samples = stream.plan.num_samples
         self.start_batch = stream.start_batch
         self.epoch = stream.epoch
@@ -386,7 +389,7 @@ class TrainLoader:
         )
 
     def __len__(self) -> int:
-        return self.steps_per_epoch - self.start_batch
+        return self.batches_per_epoch - self.start_batch
 
     def __iter__(self) -> Iterator[Batch]:
         with _one_line_errors():
@@ -416,13 +419,13 @@ def build_train_loader(
             before they are decoded. Resume with the same ``data.num_workers`` and world size.
         extractor: the backbone's ``WhisperFeatureExtractor`` (loaded from ``backbone.path`` when None).
     Returns:
-        A :class:`TrainLoader` of ``steps_per_epoch - start_batch`` batches.
+        A :class:`TrainLoader` of ``batches_per_epoch - start_batch`` batches.
     """
     if not 0 <= rank < world:
         raise LoaderError(f"rank {rank} is outside world size {world}")
     plan = train_plan(cfg, world)
-    if not 0 <= start_batch <= plan.steps_per_epoch:
-        raise LoaderError(f"start_batch {start_batch} is outside 0..{plan.steps_per_epoch}")
+    if not 0 <= start_batch <= plan.batches_per_epoch:
+        raise LoaderError(f"start_batch {start_batch} is outside 0..{plan.batches_per_epoch}")
     encoder = SampleEncoder(tokenizer, extractor or _extractor(cfg), cfg.data, "avt",
                             input_modality_dropout=cfg.data.input_modality_dropout, seed=cfg.train.seed * 1000 + epoch)
     stream = _TrainStream(

@@ -82,6 +82,8 @@ def save_checkpoint(engine, model, cfg: AffectVerseConfig, step: int, client_sta
     tag = step_tag(step)
     path = ckpt_dir / tag
     if info.is_main:
+        # saving over a folder of the same step (a resumed run reaching it again): it stops counting as complete
+        # until this save has finished
         clear_marks(path)
     dist.barrier()
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, exclude_frozen_parameters=True)
@@ -93,10 +95,17 @@ def save_checkpoint(engine, model, cfg: AffectVerseConfig, step: int, client_sta
     if info.is_main:
         write_integrity(path)
         (path / COMPLETE).write_text(f"{step}\n")
-        for old in complete_checkpoints(ckpt_dir)[:-cfg.train.keep_last]:
+        for old in prune_list(complete_checkpoints(ckpt_dir), path, cfg.train.keep_last):
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return path
+
+
+def prune_list(complete: list[Path], newest: Path, keep_last: int) -> list[Path]:
+    """The checkpoints ``keep_last`` lets go: all but ``newest`` (the one just saved, kept whatever its step
+    number, e.g. after resuming from an earlier checkpoint) and the ``keep_last - 1`` latest others."""
+    others = [p for p in complete if p.resolve() != newest.resolve()]
+    return others[:max(0, len(others) - (keep_last - 1))]
 
 
 def load_checkpoint(engine, path: Path, info: dist.DistInfo) -> dict[str, Any]:

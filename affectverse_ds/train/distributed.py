@@ -59,7 +59,8 @@ def dist_info_from_env(env: dict[str, str] | None = None) -> DistInfo:
         addr = env.get("MASTER_ADDR") or first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1"))
         return DistInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0")),
                         addr, port, "slurm")
-    return DistInfo(0, 1, 0, "127.0.0.1", port, "single")
+    # no launcher: a world of one, on a port free now (a fixed one collides with any other run on the host)
+    return DistInfo(0, 1, 0, "127.0.0.1", port if "MASTER_PORT" in env else free_port(), "single")
 
 
 def pick_device(info: DistInfo) -> torch.device:

@@ -59,15 +59,15 @@ def fill_ds_config(ds: dict, cfg: AffectVerseConfig, world_size: int) -> dict:
 
 
 def build_engine(model: torch.nn.Module, trainable: list[tuple[str, torch.nn.Parameter]], cfg: AffectVerseConfig,
-                 ds_path: str | Path, world_size: int, total_steps: int):
+                 ds_path: str | Path, world_size: int, total_steps: int, warmup_steps: int):
     """``deepspeed.initialize`` over the trainable parameters; returns (engine, optimizer, scheduler, ds_config)."""
     import deepspeed
 
     ds = fill_ds_config(load_ds_config(ds_path), cfg, world_size)
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model,
-        model_parameters=param_groups(trainable, cfg.train.weight_decay),
-        lr_scheduler=build_scheduler(total_steps, cfg.train.warmup_ratio),
+        model_parameters=param_groups(model, trainable, cfg.train.weight_decay),
+        lr_scheduler=build_scheduler(total_steps, warmup_steps),
         config=ds,
     )
     install_weights_only_loading(engine)

@@ -1,8 +1,11 @@
 """The training loop: short and linear (``out = engine(batch); engine.backward(out.loss); engine.step()``).
 
 DeepSpeed already divides the loss by the gradient-accumulation steps; nothing
-here divides again. Every rank runs the same number of micro-batches per epoch
-(the loader's ``with_epoch``), so ZeRO-2's collective calls always pair up.
+here divides again. Every rank runs the same number of micro-batches per epoch,
+whole accumulation windows only (``train/plan.py``), so ZeRO-2's collective calls
+always pair up and every epoch ends on an optimizer step. The run's length comes
+from one :class:`~affectverse_ds.train.plan.RunPlan`: the loop, the scheduler, the
+progress bar and the logged ETA all read it. The last step always saves a checkpoint.
 """
 from __future__ import annotations
 
@@ -22,24 +25,43 @@ from affectverse_ds.train import distributed as dist
 from affectverse_ds.train.logging import FlopCounter, MetricsLogger, device_peak_tflops, peak_memory_gb
 
 
+STOP_REASONS = ("end", "signal", "stop_after_steps")
+
+
 @dataclass
 class TrainResult:
+    """What a run did.
+
+    stop_reason: "end" (the plan's last step: train.max_steps or the last epoch), "signal" (SIGTERM/SIGUSR1)
+        or "stop_after_steps" (train.stop_after_steps); the last two leave the schedule unfinished.
+    """
+
     steps: int
     losses: list[float] = field(default_factory=list)  # mean loss per optimizer step (over ranks and micro-batches)
-    stopped_by_signal: bool = False
+    stop_reason: str = "end"
     last_checkpoint: Path | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.stop_reason == "end"
 
 
 class _StopFlag:
     """SIGTERM / SIGUSR1 (SLURM pre-emption) ask for a save at the next step boundary."""
 
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
     def __init__(self) -> None:
         self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handler)
+        self._previous = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
 
     def _handler(self, signum, _frame) -> None:
         self.requested = True
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before (a process may train more than once)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _token_counts(batch) -> dict[str, int]:
@@ -57,7 +79,7 @@ class Trainer:
     """Owns the engine, the loader and the bookkeeping of one run."""
 
     def __init__(self, cfg: AffectVerseConfig, ds_path: str | Path, resume: str | None = None) -> None:
-        from affectverse_ds.data.loader import build_train_loader, train_steps_per_epoch
+        from affectverse_ds.data.loader import build_train_loader, train_plan
         from affectverse_ds.model.affect_model import build_model
         from affectverse_ds.model.backbone import load_tokenizer
         from affectverse_ds.train.engine import build_engine
@@ -71,12 +93,11 @@ class Trainer:
         self.tokenizer = load_tokenizer(cfg.backbone.path)
         self.model = build_model(cfg, self.device)
         self.build_loader = build_train_loader
-        self.steps_per_epoch = train_steps_per_epoch(cfg, self.info.world_size)
-        total = cfg.train.max_steps if cfg.train.max_steps > 0 else self.steps_per_epoch * cfg.train.epochs
-        self.total_steps = total
+        self.plan = train_plan(cfg, self.info.world_size).run  # the run's length: computed here, once
+        dist.print0(self.plan.describe(), info=self.info)
         trainable = list(self.model.trainable_parameters())
         self.engine, _, self.scheduler, self.ds_config = build_engine(
-            self.model, trainable, cfg, ds_path, self.info.world_size, total)
+            self.model, trainable, cfg, ds_path, self.info.world_size, self.plan.total_steps, self.plan.warmup_steps)
         # model randomness (kappa, modality dropout) draws from its own generator, per rank, saved in checkpoints
         self.generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + self.info.rank)
         self.flops = FlopCounter.from_model(self.model.thinker, sum(p.numel() for _, p in trainable))
@@ -84,6 +105,8 @@ class Trainer:
         self.position = {"step": 0, "epoch": 0, "micro_in_epoch": 0}
         if resume:
             self._resume(resume)
+        if self.position["micro_in_epoch"] >= self.plan.batches_per_epoch:  # saved at an epoch's last micro-batch
+            self.position = {**self.position, "epoch": self.position["epoch"] + 1, "micro_in_epoch": 0}
         self.start_step = self.position["step"]
         if self.info.is_main:
             dump_config(cfg, self.out_dir / "config.yaml")
@@ -110,6 +133,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
+    @property
+    def total_steps(self) -> int:
+        return self.plan.total_steps
+
     def train(self) -> TrainResult:
         cfg, info = self.cfg, self.info
         stop = _StopFlag()
@@ -117,34 +144,37 @@ class Trainer:
         logger = MetricsLogger(self.out_dir, enabled=info.is_main)
         bar = self._progress_bar()
         acc = _StepAccumulator()
-        done = self.position["step"] >= self.total_steps
-        while not done:
+        self._t_start = time.perf_counter()
+        reason = "end" if self.position["step"] >= self.total_steps else None
+        while reason is None:
             # start_batch: the loader skips (undecoded) exactly the micro-batches an uninterrupted run consumed
-            start = self.position["micro_in_epoch"]
+            epoch, start = self.position["epoch"], self.position["micro_in_epoch"]
             loader = self.build_loader(cfg, self.tokenizer, rank=info.rank, world=info.world_size,
-                                       epoch=self.position["epoch"], start_batch=start)
-            micro = start - 1
-            for micro, batch in enumerate(loader, start=start):
+                                       epoch=epoch, start_batch=start)
+            for batch in loader:
                 self._micro_step(batch, acc)
-                self.position["micro_in_epoch"] = micro + 1
+                self.position["micro_in_epoch"] += 1
                 if acc.micro < cfg.train.grad_accum:
                     continue  # DeepSpeed stepped the optimizer only at the accumulation boundary
                 self.position["step"] += 1
+                epoch_end = self.position["micro_in_epoch"] == self.plan.batches_per_epoch
+                if epoch_end:
+                    self.position.update(epoch=epoch + 1, micro_in_epoch=0)
                 scalars = acc.finish(self)
                 # corrupt samples skipped so far in this epoch's loader, summed over ranks (issue #18)
                 scalars["data/skipped_samples"] = float(sum(dist.all_gather_object(loader.stats.skipped)))
                 result.losses.append(scalars["loss/total"])
                 self._report(scalars, logger, bar)
-                done = self._after_step(stop, result)
-                if done:
+                reason = self._after_step(stop, result, epoch_end)
+                if reason is not None:
                     break
             else:
-                if start == 0 and micro < 0:
-                    raise RuntimeError(f"the train loader yielded no batch in epoch {self.position['epoch']}")
-                self.position["epoch"] += 1
-                self.position["micro_in_epoch"] = 0
-                done = cfg.train.max_steps <= 0 and self.position["epoch"] >= cfg.train.epochs
-        result.steps = self.position["step"]
+                if self.position["epoch"] == epoch:  # the loader's contract: exactly batches_per_epoch per epoch
+                    got = self.position["micro_in_epoch"]
+                    raise RuntimeError(f"epoch {epoch}: the train loader stopped after {got} micro-batches, "
+                                       f"the plan has {self.plan.batches_per_epoch}")
+        stop.restore()
+        result.steps, result.stop_reason = self.position["step"], reason
         self._check_ranks_agree()
         logger.close()
         if bar is not None:
@@ -153,27 +183,36 @@ class Trainer:
 
     def _micro_step(self, batch, acc: "_StepAccumulator") -> None:
         meta_free = to_device({k: v for k, v in batch.items() if k != "meta"}, self.device)
+        if acc.micro == 0:
+            acc.lr = self.engine.get_lr()[0]  # the rate this optimizer step applies (the scheduler moves after it)
         out = self.engine(meta_free, generator=self.generator)
         self.engine.backward(out.loss)
         self.engine.step()
         acc.add(out, _token_counts(batch))
 
-    def _after_step(self, stop: _StopFlag, result: TrainResult) -> bool:
-        """Checkpointing and the stop conditions at an optimizer-step boundary; True ends the run."""
-        step = self.position["step"]
-        stop_now = dist.all_reduce_max(1.0 if stop.requested else 0.0) > 0  # every rank stops at the same step
-        stop_now = stop_now or step - self.start_step == self.cfg.train.stop_after_steps
-        if stop_now or step % self.cfg.train.save_every == 0 or step >= self.total_steps:
+    def _after_step(self, stop: _StopFlag, result: TrainResult, epoch_end: bool) -> str | None:
+        """Checkpointing and the stop conditions at an optimizer-step boundary; returns why the run ends, or None."""
+        step, t = self.position["step"], self.cfg.train
+        signalled = dist.all_reduce_max(1.0 if stop.requested else 0.0) > 0  # every rank stops at the same step
+        reason = None
+        if step >= self.total_steps:  # the plan's last step: finished, whatever else asked to stop here
+            reason = "end"
+        elif signalled:
+            reason = "signal"
+        elif step - self.start_step == t.stop_after_steps:
+            reason = "stop_after_steps"
+        periodic = t.save_every > 0 and step % t.save_every == 0
+        if reason is not None or periodic or (epoch_end and t.save_each_epoch):
             result.last_checkpoint = self._save()
-        if stop_now:
-            result.stopped_by_signal = True
-            dist.print0(f"stopping at step {step} (signal or train.stop_after_steps): saved {result.last_checkpoint}",
+        if reason in ("signal", "stop_after_steps"):
+            why = "a signal (SIGTERM/SIGUSR1)" if reason == "signal" else f"train.stop_after_steps={t.stop_after_steps}"
+            dist.print0(f"stopping at step {step} of {self.total_steps} ({why}): saved {result.last_checkpoint}",
                         info=self.info)
-        return stop_now or step >= self.total_steps
+        return reason
 
     def _check_ranks_agree(self) -> None:
         """Trainable weights must be identical on every rank (the gradient all-reduce happened); recorded in the run dir."""
-        digest = _digest(self.model.trainable_parameters())
+        digest = trainable_digest(self.model.trainable_parameters())
         digests = dist.all_gather_object(digest)
         if self.info.is_main:
             record = {"step": self.position["step"], "trainable_sha256_per_rank": digests}
@@ -191,6 +230,8 @@ class Trainer:
 
     def _report(self, scalars: dict[str, float], logger: MetricsLogger, bar) -> None:
         step = self.position["step"]
+        done = step - self.start_step
+        scalars["eta_s"] = (time.perf_counter() - self._t_start) / done * (self.total_steps - step)
         if step % self.cfg.train.log_every == 0 or step == self.total_steps:
             logger.log(step, scalars)
         if bar is not None:
@@ -206,6 +247,7 @@ class _StepAccumulator:
 
     def reset(self) -> None:
         self.micro = 0
+        self.lr = float("nan")
         self.sums: dict[str, float] = {}
         self.tokens = {"tokens": 0, "video": 0, "audio": 0, "text": 0, "patches": 0, "mel": 0}
         self.samples = 0
@@ -235,7 +277,7 @@ class _StepAccumulator:
         flops = trainer.flops.step_flops(int(tok["tokens"]), int(tok["mel"]), int(tok["patches"]))
         scalars = {
             **means,
-            "lr": trainer.scheduler.get_last_lr()[0],
+            "lr": self.lr,
             "grad_norm": _grad_norm(trainer.engine),
             "step_time_s": elapsed,
             "samples_per_s": samples / elapsed,
@@ -250,7 +292,7 @@ class _StepAccumulator:
         return scalars
 
 
-def _digest(named_params) -> str:
+def trainable_digest(named_params) -> str:
     h = hashlib.sha256()
     for name, p in sorted(named_params, key=lambda x: x[0]):
         h.update(name.encode())

@@ -1,44 +1,45 @@
-"""Parameter groups and the learning-rate schedule (AdamW, cosine with linear warm-up)."""
+"""Parameter groups and the learning-rate schedule (AdamW, linear warm-up then cosine to zero)."""
 from __future__ import annotations
 
-import math
 from typing import Iterable
 
 import torch
+from torch import nn
+
+# Weight matrices of these modules are decayed; nothing else is (minGPT's rule, by module type rather
+# than by name): embeddings (type_emb), learned queries/tags/step vectors held as bare Parameters
+# (imagine.*.future, imagine.*.step, tags, mama_*.queries, alpha), LayerNorm/RMSNorm weights and biases.
+DECAYED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def param_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float) -> list[dict]:
-    """Two AdamW groups: decay on weight matrices; none on norms, biases and 0/1-D tensors (alpha, tags, queries).
+def decayed(model: nn.Module, name: str) -> bool:
+    """Whether parameter ``name`` of ``model`` gets weight decay: the ``weight`` of a Linear/Conv module."""
+    owner_name, _, leaf = name.rpartition(".")
+    if leaf != "weight":
+        return False
+    owner = model.get_submodule(owner_name) if owner_name else model
+    return isinstance(owner, DECAYED_MODULES)
 
-    Learnable query/tag/step embeddings are 2-D but act like biases; they are named
-    ``*_queries``/``*_embed``/``e_*`` in the EWM and kept out of decay too.
-    """
+
+def param_groups(model: nn.Module, named_params: Iterable[tuple[str, nn.Parameter]],
+                 weight_decay: float) -> list[dict]:
+    """Two AdamW groups over ``named_params`` (names as in ``model.named_parameters()``): decay on Linear/Conv
+    weight matrices (LoRA's A and B included), none on everything else (see ``DECAYED_MODULES``)."""
     decay, no_decay = [], []
     for name, p in named_params:
-        if not p.requires_grad:
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        exempt = p.ndim < 2 or "norm" in name.lower() or leaf == "bias" or "embed" in name or "queries" in name
-        (no_decay if exempt else decay).append(p)
+        if p.requires_grad:
+            (decay if decayed(model, name) else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
 
-def cosine_with_warmup(total_steps: int, warmup_ratio: float, min_ratio: float = 0.0):
-    """LR multiplier for step ``s``: linear 0->1 over the warm-up, then cosine 1->min_ratio."""
-    total_steps = max(1, total_steps)
-    warmup = int(round(warmup_ratio * total_steps))
+def build_scheduler(total_steps: int, warmup_steps: int):
+    """A DeepSpeed scheduler callable ``optimizer -> LambdaLR``: transformers' linear warm-up over
+    ``warmup_steps`` then cosine to 0 at ``total_steps`` (DeepSpeed steps it once per optimizer step)."""
+    from transformers import get_cosine_schedule_with_warmup
 
-    def factor(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    def make(optimizer: torch.optim.Optimizer):
+        return get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup_steps,
+                                               num_training_steps=total_steps)
 
-    return factor
-
-
-def build_scheduler(total_steps: int, warmup_ratio: float):
-    """A DeepSpeed scheduler callable: ``optimizer -> LambdaLR``."""
-    factor = cosine_with_warmup(total_steps, warmup_ratio)
-    return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return make

@@ -9,7 +9,6 @@ import pytest
 from affectverse_ds.config import load_config
 from affectverse_ds.data.loader import (
     LoaderError, LoaderStats, build_eval_loader, build_train_loader, epoch_shards, train_plan,
-    train_steps_per_epoch,
 )
 
 FAST = dict(seconds=1.0, frame_size=56)  # 3 small frames: the loader logic, not the pixels, is under test
@@ -18,7 +17,8 @@ FAST = dict(seconds=1.0, frame_size=56)  # 3 small frames: the loader logic, not
 def _cfg(shard_dir, tiny_backbone_dir, *extra, workers=0, micro=2, weights="{meld: 1.0}"):
     return load_config(None, [
         f"data.shard_dir={shard_dir}", f"data.train_benchmarks={weights}", f"data.num_workers={workers}",
-        f"train.micro_batch={micro}", f"backbone.path={tiny_backbone_dir}", "data.shuffle_buffer=5", *extra,
+        f"train.micro_batch={micro}", "train.grad_accum=1", f"backbone.path={tiny_backbone_dir}",
+        "data.shuffle_buffer=5", *extra,
     ])
 
 
@@ -58,7 +58,7 @@ def test_every_rank_runs_the_same_number_of_steps(uneven, tiny_backbone_dir, tok
     # 18 samples over 5 uneven shards, 2 ranks x 2 workers, micro 3: 3 steps each (not a multiple of
     # the workers), whatever its shards hold
     cfg = _cfg(uneven, tiny_backbone_dir, workers=2, micro=3)
-    assert train_steps_per_epoch(cfg, world=2) == 3
+    assert train_plan(cfg, world=2).batches_per_epoch == 3
     for rank in (0, 1):
         loader = build_train_loader(cfg, tokenizer, rank=rank, world=2, epoch=3, extractor=extractor)
         batches = _names(loader)

@@ -1,16 +1,14 @@
-"""Launcher variables, the engine-policy JSON, batch-size filling, parameter groups and the schedule."""
+"""Launcher variables, the engine-policy JSON and batch-size filling."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from affectverse_ds.config import ConfigError, load_config
 from affectverse_ds.train.distributed import dist_info_from_env, first_slurm_host
 from affectverse_ds.train.engine import fill_ds_config, load_ds_config
-from affectverse_ds.train.optim import cosine_with_warmup, param_groups
 
 REPO = Path(__file__).resolve().parents[2]
 DS_CONFIGS = sorted((REPO / "ds_configs").glob("*.json"))
@@ -68,23 +66,3 @@ def test_batch_fields_filled_and_checked():
         fill_ds_config(ds, cfg, world_size=4)
     fp32 = load_config(REPO / "launch/configs/tiny.yaml")
     assert fill_ds_config(load_ds_config(REPO / "ds_configs/zero2.json"), fp32, 2)["bf16"]["enabled"] is False
-
-
-def test_no_weight_decay_on_norms_biases_and_queries():
-    model = torch.nn.ModuleDict({
-        "proj": torch.nn.Linear(4, 4), "norm": torch.nn.LayerNorm(4), "step_embed": torch.nn.Embedding(3, 4),
-    })
-    model.register_parameter("belief_queries", torch.nn.Parameter(torch.zeros(2, 4)))
-    groups = param_groups(model.named_parameters(), 0.01)
-    decay = {id(p) for p in groups[0]["params"]}
-    assert groups[0]["weight_decay"] == 0.01 and groups[1]["weight_decay"] == 0.0
-    assert decay == {id(model["proj"].weight)}
-
-
-def test_cosine_schedule_with_linear_warmup():
-    f = cosine_with_warmup(total_steps=100, warmup_ratio=0.03)
-    assert [round(f(s), 4) for s in range(3)] == [0.3333, 0.6667, 1.0]
-    assert f(3) == pytest.approx(1.0)
-    assert f(51) == pytest.approx(0.5, abs=0.02)
-    assert f(100) == pytest.approx(0.0, abs=1e-6)
-    assert all(f(s) >= f(s + 1) for s in range(3, 100))

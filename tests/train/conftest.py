@@ -1,0 +1,46 @@
+"""Fixtures of the training tests: small two-benchmark shards and a single-process world (no launcher)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS",
+                 "SLURM_LOCALID", "SLURM_JOB_NODELIST")
+
+
+def data_helpers():
+    """``tests/data/conftest.py`` (the shard-writing helpers of the loader tests), loaded by path."""
+    spec = importlib.util.spec_from_file_location("_data_fixture_helpers", REPO / "tests" / "data" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def two_benchmark_shards(tmp_path_factory) -> Path:
+    """meld (4 + 3 samples) and cmumosi (3 samples): with weights {meld: 1, cmumosi: 2}, 13 samples per epoch."""
+    write = data_helpers().write_test_shards
+    out = tmp_path_factory.mktemp("loop_shards")
+    write(out, [4, 3], seconds=1.0, frame_size=56)
+    write(out, [3], benchmark="cmumosi", seconds=1.0, frame_size=56)
+    return out
+
+
+@pytest.fixture(scope="module")
+def single_process():
+    """This process as a world of one, as a user gets it without a launcher; the process group and the
+    launcher variables DeepSpeed sets are removed afterwards, so later tests see a clean process."""
+    import torch
+
+    saved = dict(os.environ)
+    for key in LAUNCHER_VARS:
+        os.environ.pop(key, None)
+    yield
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(saved)
