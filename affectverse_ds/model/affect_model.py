@@ -267,7 +267,7 @@ class AffectVerseModel(nn.Module):
             s.use = self._modality_use(s.lengths, training, generator)
             n_belief = self.ewm.belief_counts([u & (n > 0) for u, n in zip(s.use, s.lengths)])
             e = self.cfg.ewm
-            s.needs_states = (e.belief in ("ewm", "pooling") or e.lambda_img > 0) and int(sum(s.lengths).sum()) > 0
+            s.needs_states = (e.belief in ("ewm", "pooling", "imagination") or e.lambda_img > 0) and int(sum(s.lengths).sum()) > 0
         labels = batch.get("labels")
         s.plan = inj.build_plan(regions, mask, labels.cpu() if labels is not None else None, answer, keep_ratio,
                                 n_belief, self.cfg.injection.positions,
@@ -399,10 +399,30 @@ class AffectVerseModel(nn.Module):
                 and self.cfg.ewm.source_layer == -1 and not lm.gradient_checkpointing):
             return 0, 0
         has_av = (s.lengths[0] + s.lengths[1]) > 0
+        if self._uses_past_pass(s):
+            self._align_past(s, has_av)
         n0 = _agreement(s.plan0, s.plan, has_av)
         head = _agreement(s.plan_past, s.plan, has_av) if self._uses_past_pass(s) else n0
         head = max(head, n0)
         return (n0, head) if head >= self.min_shared_prefix else (0, 0)
+
+    @staticmethod
+    def _align_past(s: _Setup, has_av: torch.Tensor) -> None:
+        """Where every row's past sequence is its modified sequence's prefix (the keep mask is on), pad each
+        row on the left so all past prefixes end at one column: the shared head then holds every context
+        state, and no extra pass is needed for the longer rows (the rows' lengths vary mostly by A/V, so
+        the batch hardly widens)."""
+        n = s.plan_past.attention_mask.sum(1)
+        prefix_ok = _agreement_rows(s.plan_past, s.plan) >= n
+        if not bool((prefix_ok | ~has_av).all()):
+            return
+        offsets = torch.where(has_av, int(n[has_av].max()) - n, 0) if bool(has_av.any()) else torch.zeros_like(n)
+        if not int(offsets.max()):
+            return
+        s.plan, s.plan0, s.plan_past = (inj.shift_rows(p, offsets) for p in (s.plan, s.plan0, s.plan_past))
+        # entries past a row's count are padding (masked by the lengths): only keep them in range
+        s.order = [(o + offsets[:, None]).clamp(max=s.plan0.source.shape[1] - 1) for o in s.order]
+        s.past_cols = [(c + offsets[:, None]).clamp(max=s.plan_past.source.shape[1] - 1) for c in s.past_cols]
 
     def _shared_passes(self, s: _Setup, n0: int, head: int, generator) -> tuple[torch.Tensor, EWMOutput]:
         """All passes with the common prefix computed once: (hidden of the modified sequence, EWM output)."""
@@ -682,15 +702,19 @@ def _gather_cols(h: torch.Tensor, cols: torch.Tensor, lengths: torch.Tensor) -> 
     return torch.gather(h, 1, idx) * valid[..., None].to(h.dtype)
 
 
-def _agreement(pa: inj.SequencePlan, p2: inj.SequencePlan, has_av: torch.Tensor) -> int:
-    """Leading columns where ``pa`` holds the same tokens as ``p2`` in every row (rows without A/V: all of
-    ``p2``'s real tokens, since ``pa``'s rows are never read there), at most ``p2``'s shortest real row."""
+def _agreement_rows(pa: inj.SequencePlan, p2: inj.SequencePlan) -> torch.Tensor:
+    """(B,) leading columns where ``pa`` and ``p2`` hold the same tokens (or padding in both)."""
     n = min(pa.source.shape[1], p2.source.shape[1])
-    real2 = p2.attention_mask[:, :n].bool()
-    same = (pa.orig_col[:, :n] == p2.orig_col[:, :n]) & (p2.orig_col[:, :n] >= 0) & real2
-    same = torch.where(has_av[:, None], same, real2)
-    agree = same.long().cumprod(1).sum(1)
-    return int(torch.minimum(agree, p2.attention_mask.sum(1)).min())
+    real_a, real2 = pa.attention_mask[:, :n].bool(), p2.attention_mask[:, :n].bool()
+    same = (pa.orig_col[:, :n] == p2.orig_col[:, :n]) & (p2.orig_col[:, :n] >= 0) & real2 & real_a
+    return (same | (~real_a & ~real2)).long().cumprod(1).sum(1)
+
+
+def _agreement(pa: inj.SequencePlan, p2: inj.SequencePlan, has_av: torch.Tensor) -> int:
+    """Leading columns where ``pa`` holds the same tokens as ``p2`` in every row with A/V (``pa``'s rows
+    without A/V are never read), at most the narrower plan's width."""
+    n = min(pa.source.shape[1], p2.source.shape[1])
+    return int(torch.where(has_av, _agreement_rows(pa, p2), n).min())
 
 
 def build_model(cfg: AffectVerseConfig, device: torch.device | str = "cpu") -> AffectVerseModel:

@@ -289,3 +289,29 @@ def gather_embeddings(plan: SequencePlan, embeds: torch.Tensor, beliefs: torch.T
     beliefs = torch.nn.functional.pad(beliefs.to(embeds.dtype), (0, 0, 0, max(plan.k_max - beliefs.shape[1], 0)))
     table = torch.cat([embeds.reshape(-1, d), beliefs[:, :plan.k_max].reshape(-1, d), embeds.new_zeros(1, d)])
     return table[plan.source[:, cols].to(embeds.device)]  # (B, L', d)
+
+
+def shift_rows(plan: SequencePlan, offsets: torch.Tensor) -> SequencePlan:
+    """The right-padded ``plan`` with row i moved ``offsets[i]`` columns to the right (padding before it).
+
+    Used to align the rows' A/V prefixes at one column (a prefix-shared training step); positions, labels and
+    sources travel with their tokens, so the decoder sees the same rows, only laid out differently.
+    """
+    b, w = plan.source.shape
+    real = plan.attention_mask.bool()
+    if bool((real[:, 1:] & ~real[:, :-1]).any()):
+        raise ValueError("shift_rows needs a right-padded plan")
+    offsets = offsets.long()
+    width = max(int((offsets + real.sum(1)).max()), 1)
+    src = torch.arange(width)[None] - offsets[:, None]  # (B, W) column in the old plan
+    ok = (src >= 0) & (src < w)
+    src = src.clamp(0, w - 1)
+
+    def take(t: torch.Tensor, fill: int) -> torch.Tensor:
+        return torch.where(ok, t.gather(1, src), fill)
+
+    zero_row = b * plan.n_cols + b * plan.k_max
+    pos = torch.where(ok[None], plan.position_ids.gather(2, src[None].expand(3, -1, -1)), 1)
+    return SequencePlan(take(plan.source, zero_row), take(plan.attention_mask, 0), take(plan.labels, IGNORE_INDEX),
+                        pos, take(plan.kind, PAD), take(plan.orig_col, -1), take(plan.belief_index, -1),
+                        plan.n_dropped, plan.n_cols, plan.k_max)

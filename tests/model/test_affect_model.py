@@ -93,6 +93,7 @@ def test_scoring_and_generation_match_the_training_forward(tiny_cfg, batch_maker
 
 @pytest.mark.parametrize("overrides", [("ewm.belief=none", "ewm.lambda_img=0"), ("ewm.belief=random", "ewm.lambda_img=0"),
                                        ("ewm.belief=pooling", "ewm.lambda_img=0"), ("ewm.belief=none",),
+                                       ("ewm.belief=imagination", "ewm.boundary_residual=false"),
                                        ("ewm.context=self", "injection.positions=1", "ewm.boundary_residual=false")])
 def test_ablations_run_and_give_every_parameter_a_gradient(tiny_cfg, batch_maker, overrides):
     """Ablations leave whole modules unused; they must still get a gradient on every step."""
