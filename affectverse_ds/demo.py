@@ -23,6 +23,11 @@ from affectverse_ds.train.distributed import free_port
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "launch/configs/demo.yaml"
 BASELINE = ["ewm.enabled=false", "ewm.temporal_split=false"]  # the LoRA baseline (paper Table 3, first row)
+# CPU numerics pinned to the AVX2 code paths of ATen, MKL and oneDNN: by default each picks the widest
+# vector ISA of the machine (AVX-512 on one, AVX2 on another), and their float results differ in the last
+# bits (measured: the same step's gradients hash differently under each library's other code path),
+# which five epochs of training amplify into different scores. On any AVX2 CPU these give the same bits.
+REPRODUCIBLE_CPU = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def _bin(name: str) -> str:
@@ -32,7 +37,8 @@ def _bin(name: str) -> str:
 def _run(cmd: list[str], log: Path) -> None:
     """Run one stage, its output in ``log``; a failure stops the demo with the log's tail."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
+               **REPRODUCIBLE_CPU)
     print(f"$ {' '.join(cmd)}\n  (log: {log})", flush=True)
     with open(log, "w") as f:
         code = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
