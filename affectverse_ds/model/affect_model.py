@@ -295,9 +295,11 @@ class AffectVerseModel(nn.Module):
         s.past_cols = [_columns(past.kind == k) for k in kinds]
         # plan0 columns per modality: the kept tokens (in plan_past order), then the dropped ones
         for m, k in enumerate(kinds):
-            o0 = s.plan0.orig_col.gather(1, s.order[m])  # original columns, in plan0 order
-            kept = past.orig_col.gather(1, s.past_cols[m])
-            is_kept = (o0[:, :, None] == kept[:, None, :]).any(-1)
+            o0 = s.plan0.orig_col.gather(1, s.order[m]).clamp(min=0)  # original columns, in plan0 order
+            kept = past.orig_col.gather(1, s.past_cols[m]).clamp(min=0)
+            is_real = (torch.arange(kept.shape[1])[None] < s.split[m][:, None]).long()
+            kept_col = torch.zeros(b, s.plan0.n_cols, dtype=torch.long).scatter_add_(1, kept, is_real)
+            is_kept = kept_col.gather(1, o0) > 0  # the original columns the keep mask keeps
             valid = torch.arange(o0.shape[1])[None] < s.lengths[m][:, None]
             rank = torch.where(valid, (~is_kept).long(), 2)  # kept 0, dropped 1, padding 2; stable sort
             s.order[m] = s.order[m].gather(1, torch.argsort(rank, dim=1, stable=True))
