@@ -111,3 +111,26 @@ def test_future_video_frames_do_not_reach_the_context_through_the_vision_tower(t
     assert all(torch.equal(a, b) for a, b in zip(ctx0, ctx1))
     n_video = len(SPECS[:2])
     assert all(not torch.allclose(a, b) for a, b in zip(tgt0[:n_video], tgt1[:n_video]))
+
+
+def test_split_with_two_audio_regions_puts_every_kept_token_before_every_dropped_one():
+    """The EWM reads each modality as [past ; future]: with two regions, both regions' kept tokens come first."""
+    from affectverse_ds.data.batch import AUDIO_BOS_ID, AUDIO_EOS_ID, AUDIO_TOKEN_ID
+    from affectverse_ds.model.affect_model import AffectVerseModel, _Setup
+
+    ids = [5, 6, AUDIO_BOS_ID] + [AUDIO_TOKEN_ID] * 10 + [AUDIO_EOS_ID, 7, AUDIO_BOS_ID] + [AUDIO_TOKEN_ID] * 6
+    ids += [AUDIO_EOS_ID, 8, 9]
+    input_ids = torch.tensor([ids])
+    mask = torch.ones_like(input_ids)
+    answer = torch.tensor([len(ids)])
+    regions = inj.find_regions(input_ids, mask, None, None)
+    plan0 = inj.build_plan(regions, mask, None, answer, None, torch.zeros(1, dtype=torch.long), stop_after_av=True)
+    s = _Setup(torch.zeros(1, len(ids), 4), torch.tensor([0.5], dtype=torch.float64), True)
+    s.plan0 = plan0
+    s.lengths = [(plan0.kind == k).sum(1) for k in (inj.VIDEO, inj.AUDIO)]
+    AffectVerseModel._split_ewm(None, s, regions, mask, answer, torch.tensor([0.5], dtype=torch.float64))
+    assert s.split[1].tolist() == [8] and s.split[0].tolist() == [0]
+    cols = plan0.orig_col[0, s.order[1][0, :16]].tolist()
+    first, second = list(range(3, 13)), list(range(16, 22))
+    assert cols == first[:5] + second[:3] + first[5:] + second[3:]
+    assert plan0.orig_col[0, s.order[1][0]].tolist()[:8] == s.plan_past.orig_col[0, s.past_cols[1][0, :8]].tolist()
