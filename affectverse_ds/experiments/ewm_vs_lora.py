@@ -35,6 +35,7 @@ import torch
 
 from affectverse_ds import demo
 from affectverse_ds.model.ewm import EmotionWorldModule, adaptive_pool_matrix
+from affectverse_ds.train.checkpoint import latest_checkpoint
 
 MODELS = {"ewm_past": ["ewm.context_source=past"], "ewm_full": ["ewm.context_source=full"], "lora": demo.BASELINE}
 EWM_MODELS = ("ewm_past", "ewm_full")
@@ -150,8 +151,9 @@ def run(args: argparse.Namespace) -> dict:
             base = out / variant / f"seed{seed}"
             ckpts = {}
             for name, model_extra in MODELS.items():
-                ckpts[name] = demo.train(name, shards, base, [f"train.seed={seed}", *extra, *model_extra],
-                                         base / "logs")
+                done = latest_checkpoint(base / name / "checkpoints") if (base / name).is_dir() else None
+                ckpts[name] = done or demo.train(name, shards, base, [f"train.seed={seed}", *extra, *model_extra],
+                                                 base / "logs")  # a rerun reuses finished trainings
             results = base / "results"
             demo._run([demo._bin("torchrun"), "--nproc_per_node", "2", "--master_port", str(demo.free_port()),
                        "launch/evaluate.py", "--checkpoint", *(str(c) for c in ckpts.values()),
