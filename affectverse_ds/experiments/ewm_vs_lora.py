@@ -71,8 +71,29 @@ def bootstrap_interval(per_clip: np.ndarray, n_boot: int = 2000, seed: int = 0) 
 # ----------------------------------------------------------------------------- per-clip scores
 
 
-def clip_hits(process_dir: Path, predictions: Path, reference: Path) -> dict[str, float]:
-    """name -> 1.0 / 0.0: the MER-UniBench main score of each test clip on its own (HIT for affectdyn)."""
+def wheel_score(hits: np.ndarray) -> float:
+    """MER-UniBench HIT (%) from per-clip, per-wheel hits (clips, wheels): the mean over wheels of each
+    wheel's hit rate among the clips whose label maps onto it (NaN entries: not mapped)."""
+    return float(np.nanmean(np.nanmean(hits, axis=0)))
+
+
+def bootstrap_score_interval(hits: np.ndarray, base: np.ndarray | None = None, n_boot: int = 2000,
+                             seed: int = 0) -> tuple[float, float, float]:
+    """(score, low, high): 95% percentile bootstrap over clips of :func:`wheel_score`, or of the paired
+    difference to ``base`` (the same resampled clips for both)."""
+    rng = np.random.default_rng(seed)
+
+    def stat(idx):
+        value = wheel_score(hits[idx])
+        return value - wheel_score(base[idx]) if base is not None else value
+
+    point = stat(np.arange(len(hits)))
+    boots = [stat(rng.integers(0, len(hits), len(hits))) for _ in range(n_boot)]
+    return point, float(np.nanpercentile(boots, 2.5)), float(np.nanpercentile(boots, 97.5))
+
+
+def clip_hits(process_dir: Path, predictions: Path, reference: Path) -> dict[str, list[float]]:
+    """name -> per-wheel hit (100 / 0, NaN where the label maps onto no cluster of that wheel) of each clip."""
     from affectverse_ds.benchmarks import get_benchmark
     from affectverse_ds.benchmarks.base import LabelTable
     from affectverse_ds.eval.predictions import PredictionSet, read_predictions
@@ -88,7 +109,7 @@ def clip_hits(process_dir: Path, predictions: Path, reference: Path) -> dict[str
         one = PredictionSet(predictions)
         if name in preds.entries:
             one.add(name, preds.entries[name])
-        out[name] = score_predictions(bench, LabelTable({name: label}, {}), one, ctx).main / 100.0
+        out[name] = [float(v) for v in score_predictions(bench, LabelTable({name: label}, {}), one, ctx).per_wheel]
     return out
 
 
@@ -211,16 +232,17 @@ def summarise(raw: dict, args: argparse.Namespace) -> dict:
             for name, seeds in models.items():
                 per_seed[name] = [s["score"][k] for s in seeds.values()]
                 names = sorted(next(iter(seeds.values()))["hits"][k])
+                # (clips, wheels), the hit averaged over seeds (the NaN pattern is the labels', the same every seed)
                 clip_mean[name] = np.array([[s["hits"][k][n] for n in names] for s in seeds.values()]).mean(0)
             for name in models:
                 mean, lo, hi = t_interval(per_seed[name])
                 row = {"keep_ratio": k, "model": name, "seeds": per_seed[name], "mean": mean, "t95": [lo, hi],
-                       "boot95": list(bootstrap_interval(100 * clip_mean[name])[1:]),
+                       "boot95": list(bootstrap_score_interval(clip_mean[name])[1:]),
                        "n_clips": len(clip_mean[name])}
                 if name != "lora" and "lora" in models:
                     diff = [a - b for a, b in zip(per_seed[name], per_seed["lora"])]
                     row["minus_lora_t95"] = list(t_interval(diff))
-                    row["minus_lora_boot95"] = list(bootstrap_interval(100 * (clip_mean[name] - clip_mean["lora"])))
+                    row["minus_lora_boot95"] = list(bootstrap_score_interval(clip_mean[name], clip_mean["lora"]))
                 res["scores"].append(row)
             for name in EWM_MODELS:
                 if name in models and k < 1.0:
