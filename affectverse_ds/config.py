@@ -95,7 +95,17 @@ class EWMConfig:
     lambda_img: float = 1.0
     source_layer: int = -1  # hidden-state layer feeding the EWM (-1: last)
     context: Literal["full", "self", "cross"] = "full"
-    belief: Literal["ewm", "none", "random", "pooling"] = "ewm"
+    # where the EWM's past (context) states come from in training and in the Table 8 trace:
+    # "past": a pass over the truncated sequence (no past token of either modality sees a future token);
+    # "full": the full-observation pass, the literal reading of Algorithm 1 (audio-past states have seen
+    # the future video, since video precedes audio). Future targets come from the full pass either way.
+    context_source: Literal["past", "full"] = "past"
+    # L_img reaches LoRA through the context states (false: H is detached, L_lm alone shapes LoRA; the targets
+    # come from the same LoRA'd decoder under stop-gradient, and a trainable context lets L_img pull the A/V
+    # states towards whatever is easy to predict instead of what the answer needs)
+    img_grad_to_lora: bool = False
+    # "imagination": Table 3 row (c), the imagined tokens pooled to N_b per modality, no MAMA
+    belief: Literal["ewm", "none", "random", "pooling", "imagination"] = "ewm"
     boundary_residual: bool = True
     temporal_split: bool = True  # partial-observation training (keep ratio kappa < 1)
 

@@ -28,6 +28,11 @@ CONFIG = "launch/configs/demo.yaml"
 BASELINE = ["ewm.enabled=false", "ewm.temporal_split=false"]  # the LoRA baseline (paper Table 3, first row)
 RANKS = 2  # deepspeed --num_gpus / torchrun --nproc_per_node of the training and evaluation stages
 DEMO_DISK = 1 << 30  # measured --quick: clips + shards 158 MB, tiny backbone 86 MB, runs 8 MB; the full demo has 2x the clips
+# CPU numerics pinned to the AVX2 code paths of ATen, MKL and oneDNN: by default each picks the widest
+# vector ISA of the machine (AVX-512 on one, AVX2 on another), and their float results differ in the last
+# bits (measured: the same step's gradients hash differently under each library's other code path),
+# which five epochs of training amplify into different scores. On any AVX2 CPU these give the same bits.
+REPRODUCIBLE_CPU = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def _bin(name: str) -> str:
@@ -93,7 +98,8 @@ def _run(cmd: list[str], log: Path, progress: Progress | None = None) -> None:
     """Run one stage, its whole output in ``log`` and its progress lines on the terminal; a failure stops
     the demo with the log's tail."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
+               **REPRODUCIBLE_CPU)
     print(f"$ {' '.join(cmd)}\n  (log: {log})", flush=True)
     progress = progress or Progress(Path(cmd[0]).name)
     decoder, buffer = codecs.getincrementaldecoder("utf-8")(errors="replace"), ""

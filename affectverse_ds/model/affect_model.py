@@ -4,16 +4,31 @@ One training step (paper Algorithm 1):
     1. towers once (frozen, no grad) -> embedded sequence           ``_embed``
     2. full-observation pass, no grad, decoder only, stopped after the
        last A/V token (causal: later tokens cannot change those states) ``_full_observation_states``
+       and, with ``ewm.context_source = "past"`` (default), the past pass:
+       the truncated A/V prefix (the keep mask at kappa)                   ``_past_states``
     3. EWM on the A/V hidden states -> belief tokens, L_img              ``ewm.EmotionWorldModule``
     4. keep mask + belief insertion + rebuilt 3D M-RoPE ids              ``injection.build_plan``
     5. second pass with grad on the modified sequence; logits only where
        a label exists; L = L_lm + lambda_img L_img (Eq. 10)              ``forward``
 
-In training, the two sequences agree on their first tokens (system prompt,
-video past ...): ``_shared_passes`` computes that common prefix once, with
-grad, and runs the rest of both passes from its KV cache. Exact under causal
-attention (a test compares it with the plain two passes); off with gradient
-checkpointing (transformers drops the cache there) or ``source_layer != -1``.
+Leak-free context (Appendix D.1, "imagine from the past alone"). In the full
+sequence video precedes audio, so under causal attention every audio state has
+seen all video tokens, the future ones included. The EWM's context (past
+tokens of both modalities) therefore comes from the past pass, whose sequence
+holds only the kept (past) A/V tokens; the targets (future tokens) come from
+the full-observation pass under stop-gradient. ``context_source = "full"``
+reads both from the full pass (the literal Algorithm 1). The EWM sees each
+modality as [past tokens ; future tokens] with T_p = the kept count.
+
+In training, the sequences agree on their first tokens (system prompt, video
+past ...), and with the keep mask the past pass is exactly the second pass's
+A/V prefix (it precedes every belief token): ``_shared_passes`` computes the
+second pass up to the shortest past prefix of the batch once, with grad, takes
+the context states from it (continuing longer rows without grad), runs the
+full-observation rest from its cache cropped where the sequences diverge, and
+finishes the second pass from the cache. Exact under causal attention (a test
+compares it with separate passes); off with gradient checkpointing
+(transformers drops the cache there) or ``source_layer != -1``.
 
 Inference (``generate``, ``score_candidates``) uses the same preparation with
 kappa = 1 (nothing dropped), belief tokens in the same two places, left padding
@@ -36,7 +51,7 @@ from affectverse_ds.config import AffectVerseConfig
 from affectverse_ds.data.batch import AUDIO_TOKEN_ID, IGNORE_INDEX, IM_END_ID, PAD_TOKEN_ID, VIDEO_TOKEN_ID
 from affectverse_ds.model import injection as inj
 from affectverse_ds.model.backbone import load_thinker
-from affectverse_ds.model.ewm import EmotionWorldModule, EWMOutput, split_points
+from affectverse_ds.model.ewm import EmotionWorldModule, EWMOutput
 from affectverse_ds.model.lora import apply_lora
 
 
@@ -98,10 +113,16 @@ class _Setup:
     training: bool
     plan: inj.SequencePlan | None = None  # the modified sequence (second pass)
     plan0: inj.SequencePlan | None = None  # the full-observation sequence (first pass), EWM only
+    plan_past: inj.SequencePlan | None = None  # the truncated A/V prefix (past pass); None: no future this step
+    order: list[torch.Tensor] | None = None  # [(B, T)] x 2: plan0 columns of each modality, kept then dropped
+    past_cols: list[torch.Tensor] | None = None  # [(B, T)] x 2: plan_past columns of the kept tokens
     lengths: list[torch.Tensor] | None = None  # [(B,), (B,)] video/audio tokens seen by the EWM
     split: list[torch.Tensor] | None = None  # [(B,), (B,)] T_p
     use: list[torch.Tensor] | None = None  # [(B,), (B,)] after modality dropout
     needs_states: bool = False  # the EWM reads decoder states this step
+    regions: list | None = None  # inj.find_regions of the batch
+    mask: torch.Tensor | None = None  # (B, L) host attention mask of the batch
+    answer: torch.Tensor | None = None  # (B,) first answer column
 
 
 class _StopForward(Exception):
@@ -223,17 +244,6 @@ class AffectVerseModel(nn.Module):
         first = torch.where(has, torch.arange(mask.shape[1]), mask.shape[1]).min(1).values
         return torch.where(has.any(1), first, end)
 
-    @staticmethod
-    def _gather_kind(h: torch.Tensor, kind: torch.Tensor, code: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hidden states of one token kind, packed to the left: (B, T, d) zero-padded, lengths (B,)."""
-        hit = kind == code  # (B, L0)
-        lengths = hit.sum(1)
-        width = max(int(lengths.max()), 1)
-        idx = torch.argsort((~hit).int(), dim=1, stable=True)[:, :width]  # hits first, in order
-        valid = (torch.arange(width)[None] < lengths[:, None]).to(h.device)
-        idx = idx.to(h.device)[..., None].expand(-1, -1, h.shape[-1])
-        return torch.gather(h, 1, idx) * valid[..., None].to(h.dtype), lengths.to(h.device)
-
     def _setup(self, batch: dict, kappa, generator, for_generation: bool) -> _Setup:
         """Host-side bookkeeping of one batch: regions, kappa, modality use, belief counts and both plans."""
         training = self.training and not for_generation
@@ -246,42 +256,110 @@ class AffectVerseModel(nn.Module):
         kap = self._kappa(b, kappa, training, generator)
         truncate = (self.cfg.injection.keep_mask or not training) and bool((kap < 1).any())
         keep_ratio = kap if truncate else None
-        s = _Setup(self._embed(batch), kap, training)
+        s = _Setup(self._embed(batch), kap, training, regions=regions, mask=mask, answer=answer)
         n_belief = torch.zeros(b, dtype=torch.long)
         if self.ewm is not None:
             # the full-observation pass sees everything in training, the observed prefix at evaluation
             s.plan0 = inj.build_plan(regions, mask, None, answer, None if training else keep_ratio,
                                      torch.zeros(b, dtype=torch.long), stop_after_av=True)
             s.lengths = [(s.plan0.kind == k).sum(1) for k in (inj.VIDEO, inj.AUDIO)]
-            s.split = [split_points(kap, n) if training else n for n in s.lengths]
+            self._split_ewm(s, regions, mask, answer, kap if training else None)
             s.use = self._modality_use(s.lengths, training, generator)
             n_belief = self.ewm.belief_counts([u & (n > 0) for u, n in zip(s.use, s.lengths)])
             e = self.cfg.ewm
-            s.needs_states = (e.belief in ("ewm", "pooling") or e.lambda_img > 0) and int(sum(s.lengths).sum()) > 0
+            s.needs_states = (e.belief in ("ewm", "pooling", "imagination") or e.lambda_img > 0) and int(sum(s.lengths).sum()) > 0
         labels = batch.get("labels")
         s.plan = inj.build_plan(regions, mask, labels.cpu() if labels is not None else None, answer, keep_ratio,
                                 n_belief, self.cfg.injection.positions,
                                 pad_side="left" if for_generation else "right", cut_at_answer=for_generation)
         return s
 
-    def _full_observation_states(self, s: _Setup) -> torch.Tensor:
-        """Step 2: decoder states of the full-observation sequence (plan0), no grad: (B, L0, d)."""
+    def _split_ewm(self, s: _Setup, regions, mask, answer, kappa: torch.Tensor | None) -> None:
+        """The EWM's past/future split: T_p = tokens the keep mask keeps at ``kappa`` (whole video frame groups).
+
+        Sets ``s.split``, ``s.order`` (plan0 columns per modality, kept tokens first) and, when some token
+        is dropped, ``s.plan_past`` and ``s.past_cols``. ``kappa`` None: everything observed is past.
+        """
+        kinds = (inj.VIDEO, inj.AUDIO)
+        b = mask.shape[0]
+        s.order = [_columns(s.plan0.kind == k) for k in kinds]
+        if kappa is None or not bool((kappa < 1).any()):
+            s.split = list(s.lengths)
+            return
+        past = inj.build_plan(regions, mask, None, answer, kappa, torch.zeros(b, dtype=torch.long),
+                              stop_after_av=True)
+        s.split = [(past.kind == k).sum(1) for k in kinds]
+        if all(bool((t == n).all()) for t, n in zip(s.split, s.lengths)):
+            return
+        s.plan_past = past
+        s.past_cols = [_columns(past.kind == k) for k in kinds]
+        # plan0 columns per modality: the kept tokens (in plan_past order), then the dropped ones
+        for m, k in enumerate(kinds):
+            o0 = s.plan0.orig_col.gather(1, s.order[m]).clamp(min=0)  # original columns, in plan0 order
+            kept = past.orig_col.gather(1, s.past_cols[m]).clamp(min=0)
+            is_real = (torch.arange(kept.shape[1])[None] < s.split[m][:, None]).long()
+            kept_col = torch.zeros(b, s.plan0.n_cols, dtype=torch.long).scatter_add_(1, kept, is_real)
+            is_kept = kept_col.gather(1, o0) > 0  # the original columns the keep mask keeps
+            valid = torch.arange(o0.shape[1])[None] < s.lengths[m][:, None]
+            rank = torch.where(valid, (~is_kept).long(), 2)  # kept 0, dropped 1, padding 2; stable sort
+            s.order[m] = s.order[m].gather(1, torch.argsort(rank, dim=1, stable=True))
+
+    def _full_observation_states(self, s: _Setup, grad: bool = False) -> torch.Tensor:
+        """Step 2: decoder states of the full-observation sequence (plan0), no grad unless asked: (B, L0, d)."""
+        return self._states(s, s.plan0, grad)
+
+    def _past_states(self, s: _Setup, grad: bool = False) -> torch.Tensor:
+        """The past pass: decoder states of the truncated A/V prefix (plan_past): (B, Lp, d)."""
+        return self._states(s, s.plan_past, grad)
+
+    def _states(self, s: _Setup, plan: inj.SequencePlan, grad: bool) -> torch.Tensor:
         dev = s.embeds.device
-        with torch.no_grad():
-            x0 = inj.gather_embeddings(s.plan0, s.embeds, None)
-            h, _ = self._decoder(x0, s.plan0.attention_mask.to(dev), s.plan0.position_ids.to(dev),
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            x0 = inj.gather_embeddings(plan, s.embeds, None)
+            h, _ = self._decoder(x0, plan.attention_mask.to(dev), plan.position_ids.to(dev),
                                  source_layer=self.cfg.ewm.source_layer)
         return h
 
-    def _run_ewm(self, s: _Setup, h0: torch.Tensor | None, generator) -> EWMOutput:
-        """Step 3: the EWM on the A/V states of h0 (zeros when no state is needed)."""
-        b, d, dev = s.embeds.shape[0], s.embeds.shape[-1], s.embeds.device
-        if h0 is not None:
-            hidden = [self._gather_kind(h0, s.plan0.kind, k)[0] for k in (inj.VIDEO, inj.AUDIO)]
-        else:
-            hidden = [s.embeds.new_zeros(b, max(int(n.max()), 1), d) for n in s.lengths]
-        return self.ewm(hidden, [n.to(dev) for n in s.lengths], [t.to(dev) for t in s.split],
-                        [u.to(dev) for u in s.use], generator)
+    def _context_grad(self, s: _Setup) -> bool:
+        """L_img reaches LoRA through the context states (``ewm.img_grad_to_lora``, training only)."""
+        return s.training and self.cfg.ewm.img_grad_to_lora
+
+    def _uses_past_pass(self, s: _Setup) -> bool:
+        return s.plan_past is not None and self.cfg.ewm.context_source == "past"
+
+    def _ewm_states(self, s: _Setup) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Step 2 without prefix sharing: (full-observation states, past-pass states or None)."""
+        grad = self._context_grad(s)
+        past = self._uses_past_pass(s)
+        h0 = self._full_observation_states(s, grad=grad and not past)
+        return h0, (self._past_states(s, grad=grad) if past else None)
+
+    def ewm_inputs(self, s: _Setup, h0: torch.Tensor | None,
+                   h_past: torch.Tensor | None) -> list[torch.Tensor]:
+        """[H_v, H_a] as the EWM reads them: per modality [past tokens ; future tokens], zero-padded.
+
+        Past tokens come from ``h_past`` (the past pass) when given, else from ``h0``; future tokens from
+        ``h0`` (the full-observation pass). Zeros when no state is needed (``h0`` None).
+        """
+        b, d = s.embeds.shape[0], s.embeds.shape[-1]
+        if h0 is None:
+            return [s.embeds.new_zeros(b, max(int(n.max()), 1), d) for n in s.lengths]
+        hidden = []
+        for m in range(2):
+            h = _gather_cols(h0, s.order[m], s.lengths[m])
+            if h_past is not None:
+                width = s.past_cols[m].shape[1]
+                hp = _gather_cols(h_past, s.past_cols[m], s.split[m])
+                is_past = (torch.arange(width)[None] < s.split[m][:, None]).to(h.device)[..., None]
+                h = torch.cat([torch.where(is_past, hp, h[:, :width]), h[:, width:]], dim=1)
+            hidden.append(h)
+        return hidden
+
+    def _run_ewm(self, s: _Setup, h0: torch.Tensor | None, h_past: torch.Tensor | None, generator) -> EWMOutput:
+        """Step 3: the EWM on the A/V states (see :meth:`ewm_inputs`)."""
+        dev = s.embeds.device
+        return self.ewm(self.ewm_inputs(s, h0, h_past), [n.to(dev) for n in s.lengths],
+                        [t.to(dev) for t in s.split], [u.to(dev) for u in s.use], generator)
 
     # ------------------------------------------------------------------ preparation
 
@@ -298,7 +376,7 @@ class AffectVerseModel(nn.Module):
         s = self._setup(batch, kappa, generator, for_generation)
         ewm_out = None
         if self.ewm is not None:
-            ewm_out = self._run_ewm(s, self._full_observation_states(s) if s.needs_states else None, generator)
+            ewm_out = self._run_ewm(s, *(self._ewm_states(s) if s.needs_states else (None, None)), generator)
         return self._prepared(s, ewm_out)
 
     def _prepared(self, s: _Setup, ewm_out: EWMOutput | None, cols: slice = slice(None)) -> Prepared:
@@ -310,46 +388,81 @@ class AffectVerseModel(nn.Module):
 
     # ------------------------------------------------------------------ training forward
 
-    def _shared_prefix(self, s: _Setup) -> int:
-        """Columns at the start where the full-observation and the modified sequence hold the same tokens.
+    def _shared_prefix(self, s: _Setup) -> tuple[int, int]:
+        """(n0, head): columns at the start where the full-observation (n0) and the past sequence (head)
+        hold the same tokens as the modified sequence, over the whole batch.
 
-        Causal attention makes their states identical there, so the step computes them once (with grad)
-        and both passes continue from that KV cache. 0 when sharing does not apply.
+        Causal attention makes their states identical there, so the step computes ``head`` columns of the
+        modified sequence once (with grad) and the other passes continue from that KV cache. (0, 0) when
+        sharing does not apply.
         """
         lm = self.core.model.language_model
         if not (self.share_prefix and s.training and self.ewm is not None and s.needs_states
                 and self.cfg.ewm.source_layer == -1 and not lm.gradient_checkpointing):
-            return 0
-        p0, p2 = s.plan0, s.plan
-        n = min(p0.source.shape[1], p2.source.shape[1])
-        real2 = p2.attention_mask[:, :n].bool()
-        same = (p0.orig_col[:, :n] == p2.orig_col[:, :n]) & (p2.orig_col[:, :n] >= 0) & real2
+            return 0, 0
         has_av = (s.lengths[0] + s.lengths[1]) > 0
-        same = torch.where(has_av[:, None], same, real2)  # plan0 rows of text-only samples are never read
-        agree = same.long().cumprod(1).sum(1)
-        prefix = int(torch.minimum(agree, p2.attention_mask.sum(1)).min())
-        return prefix if prefix >= self.min_shared_prefix else 0
+        if self._uses_past_pass(s):
+            self._align_past(s, has_av)
+        n0 = _agreement(s.plan0, s.plan, has_av)
+        head = _agreement(s.plan_past, s.plan, has_av) if self._uses_past_pass(s) else n0
+        head = max(head, n0)
+        return (n0, head) if head >= self.min_shared_prefix else (0, 0)
 
-    def _shared_passes(self, s: _Setup, prefix: int, generator) -> tuple[torch.Tensor, EWMOutput]:
-        """Both passes with the common prefix computed once: (hidden of the modified sequence, EWM output)."""
+    @staticmethod
+    def _align_past(s: _Setup, has_av: torch.Tensor) -> None:
+        """Where every row's past sequence is its modified sequence's prefix (the keep mask is on), pad each
+        row on the left so all past prefixes end at one column: the shared head then holds every context
+        state, and no extra pass is needed for the longer rows (the rows' lengths vary mostly by A/V, so
+        the batch hardly widens)."""
+        n = s.plan_past.attention_mask.sum(1)
+        prefix_ok = _agreement_rows(s.plan_past, s.plan) >= n
+        if not bool((prefix_ok | ~has_av).all()):
+            return
+        offsets = torch.where(has_av, int(n[has_av].max()) - n, 0) if bool(has_av.any()) else torch.zeros_like(n)
+        if not int(offsets.max()):
+            return
+        s.plan, s.plan0, s.plan_past = (inj.shift_rows(p, offsets) for p in (s.plan, s.plan0, s.plan_past))
+        # entries past a row's count are padding (masked by the lengths): only keep them in range
+        s.order = [(o + offsets[:, None]).clamp(max=s.plan0.source.shape[1] - 1) for o in s.order]
+        s.past_cols = [(c + offsets[:, None]).clamp(max=s.plan_past.source.shape[1] - 1) for c in s.past_cols]
+
+    def _shared_passes(self, s: _Setup, n0: int, head: int, generator) -> tuple[torch.Tensor, EWMOutput]:
+        """All passes with the common prefix computed once: (hidden of the modified sequence, EWM output)."""
         dev = s.embeds.device
-        head = slice(0, prefix)
-        x_a = inj.gather_embeddings(s.plan, s.embeds, None, head)
+        grad = self._context_grad(s)
+        cols = slice(0, head)
+        x_a = inj.gather_embeddings(s.plan, s.embeds, None, cols)
         mask2 = s.plan.attention_mask.to(dev)
-        h_a, cache = self._decoder(x_a, mask2[:, head], s.plan.position_ids[:, :, head].to(dev), cache=_new_cache())
-        h0 = h_a.detach()
-        if s.plan0.source.shape[1] > prefix:
-            with torch.no_grad():
-                rest = slice(prefix, None)
-                x0 = inj.gather_embeddings(s.plan0, s.embeds, None, rest)
-                mask0 = torch.cat([mask2[:, head], s.plan0.attention_mask[:, rest].to(dev)], dim=1)
-                h_rest, _ = self._decoder(x0, mask0, s.plan0.position_ids[:, :, rest].to(dev),
-                                          cache=_detached_copy(cache))
-            h0 = torch.cat([h0, h_rest], dim=1)
-        ewm_out = self._run_ewm(s, h0, generator)
-        tail = self._prepared(s, ewm_out, slice(prefix, None))
+        h_a, cache = self._decoder(x_a, mask2[:, cols], s.plan.position_ids[:, :, cols].to(dev), cache=_new_cache())
+        past = self._uses_past_pass(s)
+        h_ctx = h_a if grad else h_a.detach()
+        # full-observation states: the shared n0 columns, then the rest of plan0 from the cache cropped there
+        h0 = (h_a if grad and not past else h_a.detach())[:, :n0]
+        if s.plan0.source.shape[1] > n0:
+            h0 = torch.cat([h0, self._continue(s, s.plan0, cache, n0, mask2, grad and not past)], dim=1)
+        h_past = None
+        if past:  # the past pass is the modified sequence's prefix; longer rows continue past `head`
+            h_past = h_ctx
+            if s.plan_past.source.shape[1] > head:
+                h_past = torch.cat([h_past, self._continue(s, s.plan_past, cache, head, mask2, grad)], dim=1)
+        ewm_out = self._run_ewm(s, h0, h_past, generator)
+        tail = self._prepared(s, ewm_out, slice(head, None))
         h_b, _ = self._decoder(tail.inputs_embeds, tail.attention_mask, tail.position_ids, cache=cache)
         return torch.cat([h_a, h_b], dim=1), ewm_out
+
+    def _continue(self, s: _Setup, plan: inj.SequencePlan, cache, n: int, mask2: torch.Tensor,
+                  grad: bool) -> torch.Tensor:
+        """States of ``plan`` from column ``n`` on, after the first ``n`` columns of the modified sequence's cache.
+
+        Runs on a copy of the cache cropped to ``n`` (the modified sequence's own cache is left as it is).
+        """
+        dev = s.embeds.device
+        rest = slice(n, None)
+        with torch.set_grad_enabled(grad):
+            x = inj.gather_embeddings(plan, s.embeds, None, rest)
+            mask = torch.cat([mask2[:, :n], plan.attention_mask[:, rest].to(dev)], dim=1)
+            h, _ = self._decoder(x, mask, plan.position_ids[:, :, rest].to(dev), cache=_cache_copy(cache, n, not grad))
+        return h
 
     def forward(self, batch: dict | None = None, kappa=None, generator: torch.Generator | None = None,
                 **fields) -> AffectVerseOutput:
@@ -359,13 +472,13 @@ class AffectVerseModel(nn.Module):
         """
         batch = batch if batch is not None else fields
         s = self._setup(batch, kappa, generator, for_generation=False)
-        prefix = self._shared_prefix(s)
+        n0, prefix = self._shared_prefix(s)
         if prefix:
-            hidden, ewm_out = self._shared_passes(s, prefix, generator)
+            hidden, ewm_out = self._shared_passes(s, n0, prefix, generator)
         else:
             ewm_out = None
             if self.ewm is not None:
-                ewm_out = self._run_ewm(s, self._full_observation_states(s) if s.needs_states else None, generator)
+                ewm_out = self._run_ewm(s, *(self._ewm_states(s) if s.needs_states else (None, None)), generator)
             prep = self._prepared(s, ewm_out)
             hidden, _ = self._decoder(prep.inputs_embeds, prep.attention_mask, prep.position_ids)  # (B, L', d)
         labels = s.plan.labels.to(hidden.device)
@@ -414,15 +527,12 @@ class AffectVerseModel(nn.Module):
         if self.ewm is None:
             raise RuntimeError("imagination_trace needs the EWM (ewm.enabled=true)")
         s = self._setup(batch, None, None, for_generation=True)
-        b, d, dev = s.embeds.shape[0], s.embeds.shape[-1], s.embeds.device
-        if s.needs_states:
-            h0 = self._full_observation_states(s)
-            hidden = [self._gather_kind(h0, s.plan0.kind, k)[0] for k in (inj.VIDEO, inj.AUDIO)]
-        else:
-            hidden = [s.embeds.new_zeros(b, max(int(n.max()), 1), d) for n in s.lengths]
-        kap = torch.full((b,), float(kappa), dtype=torch.float64)
+        b, dev = s.embeds.shape[0], s.embeds.device
+        # the same split as training: whole video frame groups, context from the past pass (ewm.context_source)
+        self._split_ewm(s, s.regions, s.mask, s.answer, torch.full((b,), float(kappa), dtype=torch.float64))
+        hidden = self.ewm_inputs(s, *(self._ewm_states(s) if s.needs_states else (None, None)))
         lengths = [n.to(dev) for n in s.lengths]
-        split = [split_points(kap, n).to(dev) for n in s.lengths]
+        split = [t.to(dev) for t in s.split]
         use = [n > 0 for n in lengths]
         z = [self.ewm.project(hidden[m], m) for m in range(2)]
         past = [(torch.arange(z[m].shape[1], device=dev)[None] < split[m][:, None]) & use[m][:, None]
@@ -569,11 +679,44 @@ def _new_cache():
     return DynamicCache()
 
 
-def _detached_copy(cache):
-    """A cache over the same (detached) keys/values: the no-grad pass extends it without touching the original."""
+def _cache_copy(cache, n: int, detach: bool = True):
+    """A cache over the first ``n`` positions of the same keys/values (detached unless asked): another pass
+    extends it without touching the original."""
     from transformers import DynamicCache
 
-    return DynamicCache([(layer.keys.detach(), layer.values.detach()) for layer in cache.layers])
+    def cut(t):
+        t = t[:, :, :n]
+        return t.detach() if detach else t
+
+    return DynamicCache([(cut(layer.keys), cut(layer.values)) for layer in cache.layers])
+
+
+def _columns(hit: torch.Tensor) -> torch.Tensor:
+    """(B, T) columns of the hits of each row, in order, zero-padded (T = max hits, at least 1)."""
+    width = max(int(hit.sum(1).max()) if hit.numel() else 0, 1)
+    return torch.argsort((~hit).int(), dim=1, stable=True)[:, :width]
+
+
+def _gather_cols(h: torch.Tensor, cols: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """h (B, L, d) at columns ``cols`` (B, T); entries at or beyond ``lengths`` (B,) are zero: (B, T, d)."""
+    valid = (torch.arange(cols.shape[1])[None] < lengths[:, None]).to(h.device)
+    idx = cols.to(h.device)[..., None].expand(-1, -1, h.shape[-1])
+    return torch.gather(h, 1, idx) * valid[..., None].to(h.dtype)
+
+
+def _agreement_rows(pa: inj.SequencePlan, p2: inj.SequencePlan) -> torch.Tensor:
+    """(B,) leading columns where ``pa`` and ``p2`` hold the same tokens (or padding in both)."""
+    n = min(pa.source.shape[1], p2.source.shape[1])
+    real_a, real2 = pa.attention_mask[:, :n].bool(), p2.attention_mask[:, :n].bool()
+    same = (pa.orig_col[:, :n] == p2.orig_col[:, :n]) & (p2.orig_col[:, :n] >= 0) & real2 & real_a
+    return (same | (~real_a & ~real2)).long().cumprod(1).sum(1)
+
+
+def _agreement(pa: inj.SequencePlan, p2: inj.SequencePlan, has_av: torch.Tensor) -> int:
+    """Leading columns where ``pa`` holds the same tokens as ``p2`` in every row with A/V (``pa``'s rows
+    without A/V are never read), at most the narrower plan's width."""
+    n = min(pa.source.shape[1], p2.source.shape[1])
+    return int(torch.where(has_av, _agreement_rows(pa, p2), n).min())
 
 
 def build_model(cfg: AffectVerseConfig, device: torch.device | str = "cpu") -> AffectVerseModel:

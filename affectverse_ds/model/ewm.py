@@ -329,7 +329,7 @@ class EmotionWorldModule(nn.Module):
         past = [(pos[m] < split[m][:, None]) & use[m][:, None] for m in range(2)]  # (B, T)
         n_belief = self.belief_counts(use)
 
-        need_rollout = cfg.belief == "ewm" or cfg.lambda_img > 0
+        need_rollout = cfg.belief in ("ewm", "imagination") or cfg.lambda_img > 0
         ys = self.rollout(z, past) if need_rollout else None
         img_loss, metrics = self._imagination_terms(z, ys, lengths, split, use)
 
@@ -342,6 +342,8 @@ class EmotionWorldModule(nn.Module):
         else:
             if cfg.belief == "pooling":
                 b = self._pooled_beliefs(z, split, use)
+            elif cfg.belief == "imagination":
+                b = self._pooled_imagination(ys, use)
             else:
                 b, mama_weights = self._mama(ys, use)
             if cfg.boundary_residual:
@@ -349,12 +351,15 @@ class EmotionWorldModule(nn.Module):
         return EWMOutput(self.up_project(b), n_belief, img_loss, metrics, mama_weights)
 
     def _imagination_terms(self, z, ys, lengths, split, use) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Eq. 21: mean over (sample, available modality) pairs with a future, of the mean over steps."""
+        """Eq. 21: per sample, the mean over its available modalities with a future (of the mean over steps);
+        then the mean over samples with at least one such modality (a two-modality sample weighs once)."""
         zero = z[0].sum() * 0.0
         if ys is None:
             return zero, {}
         metrics: dict[str, torch.Tensor] = {}
-        total, count = zero, zero.new_zeros(())
+        b = z[0].shape[0]
+        sample_sum, sample_n = zero.expand(b).clone(), torch.zeros(b, device=z[0].device)
+        count = zero.new_zeros(())
         for m, name in enumerate(MODALITIES):
             fut_len = (lengths[m] - split[m]).clamp(min=0)
             valid = use[m] & (fut_len > 0)  # (B,)
@@ -363,7 +368,8 @@ class EmotionWorldModule(nn.Module):
             loss, mse, cos = self.imagination_loss(ys[m], target)  # (B, S)
             per_sample = torch.where(valid, loss.mean(-1), 0.0)  # (B,), mean over steps
             n = valid.sum()
-            total = total + per_sample.sum()
+            sample_sum = sample_sum + per_sample
+            sample_n = sample_n + valid.float()
             count = count + n
             denom = n.clamp(min=1).to(loss.dtype)
             nan = torch.full_like(denom, float("nan"))
@@ -373,7 +379,9 @@ class EmotionWorldModule(nn.Module):
                     mean = torch.where(valid, value[:, s], 0.0).sum() / denom
                     metrics[f"img_{key}_{name}_s{s + 1}"] = torch.where(n > 0, mean, nan).detach()
         metrics["n_img_targets"] = count.detach()
-        return total / count.clamp(min=1), metrics
+        has = sample_n > 0
+        per_sample = torch.where(has, sample_sum / sample_n.clamp(min=1), 0.0)
+        return per_sample.sum() / has.sum().clamp(min=1), metrics
 
     def _mama(self, ys, use) -> tuple[torch.Tensor, torch.Tensor]:
         """Eqs. 6-7, 18-19: memory [Y_v(1:S) ; Y_a(1:S)] + E_type, dual or single aggregation per sample."""
@@ -394,6 +402,19 @@ class EmotionWorldModule(nn.Module):
         zero = torch.zeros_like(split[0])
         pooled = [adaptive_pool_matrix(zero, split[m] * use[m], nb, z[m].shape[1]).to(z[m].dtype) @ z[m]
                   for m in range(2)]  # [(B, N_b, d_w)] x 2
+        video_first = torch.cat(pooled, dim=1)
+        audio_only = F.pad(pooled[1], (0, 0, 0, nb))
+        return torch.where(use[0][:, None, None], video_first, audio_only)
+
+    def _pooled_imagination(self, ys, use) -> torch.Tensor:
+        """Table 3 row (c), belief mode "imagination": each available modality's imagined tokens Y_m(1:S)
+        averaged to N_b tokens (no MAMA), laid out as :meth:`_pooled_beliefs`."""
+        nb = self.cfg.n_belief_base
+        b, s, n, d = ys[0].shape
+        width = s * n
+        full = torch.full((b,), width, dtype=torch.long, device=ys[0].device)
+        pool = adaptive_pool_matrix(torch.zeros_like(full), full, nb, width).to(ys[0].dtype)
+        pooled = [pool @ ys[m].reshape(b, width, d) for m in range(2)]  # [(B, N_b, d_w)] x 2
         video_first = torch.cat(pooled, dim=1)
         audio_only = F.pad(pooled[1], (0, 0, 0, nb))
         return torch.where(use[0][:, None, None], video_first, audio_only)

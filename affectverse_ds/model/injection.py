@@ -7,7 +7,9 @@ composition then gathers embeddings with one index (``plan.source``).
 
 Rules:
 * A/V regions are maximal runs of ``<|VIDEO|>`` / ``<|AUDIO|>`` placeholders.
-  The keep mask keeps the first ``split_points(kappa, L_region)`` tokens of each.
+  The keep mask keeps the first ``split_points(kappa, n_units) * unit`` tokens of each, where a unit is a
+  temporal patch group for video (``grid_h * grid_w / merge^2`` tokens: whole 2-frame groups are kept or
+  dropped, never part of one's spatial rows) and one token for audio.
 * Belief tokens: the first half right after the last (kept) A/V token, the
   second half right before the first answer token (after ``<|im_start|>assistant\\n``);
   with ``positions=1`` all of them before the answer. Labels -100, attention 1.
@@ -38,6 +40,7 @@ class Region:
     end: int
     kind: int  # VIDEO or AUDIO
     offsets: np.ndarray  # (3, end - start) (t, h, w) offsets from the region's first token
+    unit: int = 1  # tokens per cut unit: one temporal patch group (video), one token (audio)
 
 
 @dataclass
@@ -114,9 +117,11 @@ def find_regions(
                 if off.shape[1] != e - s:
                     raise ValueError(f"sample {i}: {e - s} video tokens but grid {video_grid_thw[n_video].tolist()}")
                 n_video += 1
+                unit = (e - s) // int(video_grid_thw[n_video - 1][0])
             else:
                 off = np.repeat(np.arange(e - s)[None], 3, axis=0)
-            rows.append(Region(s, e, kind, off))
+                unit = 1
+            rows.append(Region(s, e, kind, off, unit))
         out.append(rows)
     return out
 
@@ -188,6 +193,15 @@ def plan_row(
 # ----------------------------------------------------------------------------- the batch
 
 
+def keep_counts(kappa: torch.Tensor | float, regions: list[Region]) -> list[int]:
+    """Tokens the keep mask keeps per region: whole units (temporal patch groups / audio tokens), at least one."""
+    if not regions:
+        return []
+    units = torch.tensor([(r.end - r.start) // r.unit for r in regions], dtype=torch.long)
+    kept = split_points(torch.as_tensor(kappa, dtype=torch.float64).expand(len(regions)), units)
+    return [int(k) * r.unit for k, r in zip(kept, regions)]
+
+
 def build_plan(
     regions: list[list[Region]],
     attention_mask: torch.Tensor,
@@ -228,7 +242,7 @@ def build_plan(
         if keep_ratio is None or not regs:
             keep = lens.tolist()
         else:
-            keep = split_points(keep_ratio[i].expand(len(regs)), lens).tolist()
+            keep = keep_counts(keep_ratio[i], regs)
         dropped.append(int(lens.sum()) - sum(keep))
         rows.append(plan_row(stop, start, regs, keep, int(n_belief[i]), ans, positions, stop_after_av))
     width = max(max((len(r.cols) for r in rows), default=0), 1)
@@ -275,3 +289,29 @@ def gather_embeddings(plan: SequencePlan, embeds: torch.Tensor, beliefs: torch.T
     beliefs = torch.nn.functional.pad(beliefs.to(embeds.dtype), (0, 0, 0, max(plan.k_max - beliefs.shape[1], 0)))
     table = torch.cat([embeds.reshape(-1, d), beliefs[:, :plan.k_max].reshape(-1, d), embeds.new_zeros(1, d)])
     return table[plan.source[:, cols].to(embeds.device)]  # (B, L', d)
+
+
+def shift_rows(plan: SequencePlan, offsets: torch.Tensor) -> SequencePlan:
+    """The right-padded ``plan`` with row i moved ``offsets[i]`` columns to the right (padding before it).
+
+    Used to align the rows' A/V prefixes at one column (a prefix-shared training step); positions, labels and
+    sources travel with their tokens, so the decoder sees the same rows, only laid out differently.
+    """
+    b, w = plan.source.shape
+    real = plan.attention_mask.bool()
+    if bool((real[:, 1:] & ~real[:, :-1]).any()):
+        raise ValueError("shift_rows needs a right-padded plan")
+    offsets = offsets.long()
+    width = max(int((offsets + real.sum(1)).max()), 1)
+    src = torch.arange(width)[None] - offsets[:, None]  # (B, W) column in the old plan
+    ok = (src >= 0) & (src < w)
+    src = src.clamp(0, w - 1)
+
+    def take(t: torch.Tensor, fill: int) -> torch.Tensor:
+        return torch.where(ok, t.gather(1, src), fill)
+
+    zero_row = b * plan.n_cols + b * plan.k_max
+    pos = torch.where(ok[None], plan.position_ids.gather(2, src[None].expand(3, -1, -1)), 1)
+    return SequencePlan(take(plan.source, zero_row), take(plan.attention_mask, 0), take(plan.labels, IGNORE_INDEX),
+                        pos, take(plan.kind, PAD), take(plan.orig_col, -1), take(plan.belief_index, -1),
+                        plan.n_dropped, plan.n_cols, plan.k_max)

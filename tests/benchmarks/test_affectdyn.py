@@ -293,3 +293,44 @@ def test_rendered_pairs_differ_only_where_designed(measured):
                    for s in by_class[emo])
     assert all(s["end"]["curve"] > 3 for s in by_class["happy"])
     assert all(s["end"]["curve"] < -3 for s in by_class["angry"])
+
+
+# ----------------------------------------------------------------------------- the precursor variant
+
+def test_precursor_variant_adds_a_brief_cue_before_the_turn_only_in_the_diverging_classes():
+    """Same clips as base (same seeds and parameters); surprise and worried get a small bump well before
+    the turn, in one feature each; every other class and feature is unchanged."""
+    from affectverse_ds.benchmarks import affectdyn_gen as lib
+
+    base = gen.split_specs("train", 24, seed=5)
+    cue = gen.split_specs("train", 24, seed=5, variant="precursor")
+    assert [s.emo for s in base] == [s.emo for s in cue] and [s.seed for s in base] == [s.seed for s in cue]
+    seen = set()
+    for b, c in zip(base, cue):
+        cb = lib.feature_curves(b, np.random.default_rng(b.seed))
+        cc = lib.feature_curves(c, np.random.default_rng(c.seed))
+        changed = [f for f in lib.FEATURES if not np.array_equal(cb[f], cc[f])]
+        if b.emo not in lib.PRECURSOR:
+            assert changed == []
+            continue
+        feat, peak = lib.PRECURSOR[b.emo]
+        assert changed == [feat]
+        seen.add(b.emo)
+        t = np.arange(len(cb[feat])) / lib.CONTROL_RATE
+        d = lib.design_time(t / b.seconds, b.turn)
+        diff = cc[feat] - cb[feat]
+        assert np.all(diff[(d < lib.PRECURSOR_AT[0]) | (d > lib.PRECURSOR_AT[-1])] == 0)  # brief
+        assert diff.any() and d[diff != 0].max() < 0.5  # before the turn
+        assert 0 < diff.max() <= b.intensity * peak + 1e-9
+        later = np.abs(cb[feat][d > 0.7] - cb[feat][(d > 0.2) & (d < 0.25)].mean()).max()
+        assert diff.max() < 0.5 * later  # subtle next to the divergence it announces
+    assert seen == set(lib.PRECURSOR)
+
+
+def test_precursor_variant_is_recorded_and_unknown_variants_are_refused(tmp_path):
+    proc = make_affectdyn(tmp_path / "p", 2, 0, seed=1, variant="precursor")
+    meta = _meta(tmp_path / "p")
+    assert meta["variant"] == "precursor" and {c["variant"] for c in meta["clips"]} == {"precursor"}
+    assert len(list((proc / "video").glob("*.mp4"))) == 2
+    with pytest.raises(ValueError, match="unknown affectdyn variant"):
+        make_affectdyn(tmp_path / "q", 1, 0, seed=1, variant="cue")

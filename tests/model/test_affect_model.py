@@ -93,6 +93,7 @@ def test_scoring_and_generation_match_the_training_forward(tiny_cfg, batch_maker
 
 @pytest.mark.parametrize("overrides", [("ewm.belief=none", "ewm.lambda_img=0"), ("ewm.belief=random", "ewm.lambda_img=0"),
                                        ("ewm.belief=pooling", "ewm.lambda_img=0"), ("ewm.belief=none",),
+                                       ("ewm.belief=imagination", "ewm.boundary_residual=false"),
                                        ("ewm.context=self", "injection.positions=1", "ewm.boundary_residual=false")])
 def test_ablations_run_and_give_every_parameter_a_gradient(tiny_cfg, batch_maker, overrides):
     """Ablations leave whole modules unused; they must still get a gradient on every step."""
@@ -106,15 +107,19 @@ def test_ablations_run_and_give_every_parameter_a_gradient(tiny_cfg, batch_maker
     assert int(beliefs.sum()) == (0 if "ewm.belief=none" in overrides else 8)
 
 
-@pytest.mark.parametrize("kappa", [0.75, 1.0])
-def test_shared_prefix_step_equals_the_plain_two_pass_step(tiny_cfg, batch_maker, kappa):
+@pytest.mark.parametrize("kappa,extra", [(0.75, ()), (1.0, ()), (0.75, ("ewm.context_source=full",)),
+                                         (0.75, ("ewm.img_grad_to_lora=true",)),
+                                         (0.75, ("ewm.img_grad_to_lora=true", "ewm.context_source=full")),
+                                         (0.75, ("injection.keep_mask=false",))])
+def test_shared_prefix_step_equals_the_plain_two_pass_step(tiny_cfg, batch_maker, kappa, extra):
     """Computing the common prefix once (KV cache with grad) changes no loss and no gradient."""
-    batch = batch_maker.make([dict(video=6, audio=60), dict(video=4, audio=0), dict(video=0, audio=40),
-                              dict(video=0, audio=0)])
+    batch = batch_maker.make([dict(video=6, audio=60), dict(video=8, audio=80), dict(video=4, audio=0),
+                              dict(video=0, audio=40), dict(video=0, audio=0)])
     results = []
     for share in (True, False):
         torch.manual_seed(0)
-        model = build_model(tiny_cfg("ewm.modality_dropout=0.0", "ewm.temporal_split=" + str(kappa < 1)), "cpu")
+        model = build_model(tiny_cfg("ewm.modality_dropout=0.0", "ewm.temporal_split=" + str(kappa < 1), *extra),
+                            "cpu")
         model.share_prefix = share
         model.min_shared_prefix = 1
         _nonzero_lora_b(model)
@@ -154,7 +159,8 @@ def test_export_hooks_and_imagination_trace(tiny_cfg, batch_maker, tmp_path):
     assert (tmp_path / "lora" / "adapter_config.json").is_file()
     batch = batch_maker.make([dict(video=6, audio=60), dict(video=0, audio=30), dict(video=0, audio=0)])
     trace = model.imagination_trace(batch, kappa=0.5)
-    assert trace.lengths[0].tolist() == [12, 0, 0] and trace.split[0].tolist() == [6, 0, 0]
+    # 6 frames = 3 temporal groups of 4 tokens: kappa 0.5 keeps floor(1.5) = 1 whole group
+    assert trace.lengths[0].tolist() == [12, 0, 0] and trace.split[0].tolist() == [4, 0, 0]
     assert trace.use[1].tolist() == [True, True, False]
     assert trace.imagined[0].shape == (3, 3, 4, 64)
     assert torch.isfinite(trace.imagined[1]).all()

@@ -70,7 +70,10 @@ def test_img_loss_equals_hand_computation_and_targets_carry_no_gradient():
                      for s in range(2)]
             terms.append(sum(steps) / 2)
     assert len(terms) == 3  # video of both samples, audio of the first
-    torch.testing.assert_close(out.img_loss, sum(terms) / 3)
+    v0, v1, a0 = terms
+    # Eq. 21: per sample over its available modalities, then over samples (sample 0 does not weigh twice)
+    torch.testing.assert_close(out.img_loss, ((v0 + a0) / 2 + v1) / 2)
+    assert not torch.allclose(out.img_loss, sum(terms) / 3)
 
     out.img_loss.backward()
     # future tokens only feed the (detached) target: no gradient; past tokens feed the prediction
@@ -97,7 +100,7 @@ def test_belief_counts_and_per_step_metrics():
         assert torch.isfinite(out.metrics[key])
 
 
-@pytest.mark.parametrize("belief", ["none", "random", "pooling", "ewm"])
+@pytest.mark.parametrize("belief", ["none", "random", "pooling", "ewm", "imagination"])
 @pytest.mark.parametrize("context", ["self", "cross", "full"])
 def test_ablation_modes_run(belief, context):
     ewm = _ewm(belief=belief, context=context, boundary_residual=belief != "pooling")
@@ -120,3 +123,21 @@ def test_context_modes_differ():
     assert masks["cross"] == [False, False, False, True, True]
     alone = [z[0], z[1]], [past[0], torch.zeros(1, 2, dtype=torch.bool)]
     assert _ewm(context="cross").context(*alone, 0)[1][0].tolist() == [True, True, False, False, False]
+
+
+def test_imagination_beliefs_pool_the_imagined_tokens_without_mama():
+    """Table 3 row (c): belief mode "imagination" = each modality's Y(1:S) averaged to N_b tokens, no MAMA."""
+    ewm = _ewm(belief="imagination", boundary_residual=False)
+    lengths = [torch.tensor([5, 0]), torch.tensor([4, 4])]
+    hidden = [torch.randn(2, 5, D), torch.randn(2, 4, D)]
+    split = [torch.tensor([3, 0]), torch.tensor([2, 2])]
+    use = [n > 0 for n in lengths]
+    out = ewm(hidden, lengths, split, use)
+    assert out.mama_weights is None and out.n_belief.tolist() == [4, 2]
+    z = [ewm.project(hidden[m], m) for m in range(2)]
+    pos = [torch.arange(z[m].shape[1])[None] for m in range(2)]
+    past = [(pos[m] < split[m][:, None]) & use[m][:, None] for m in range(2)]
+    ys = ewm.rollout(z, past)  # [(B, S=2, N_s=2, d_w)]
+    pooled = [F.adaptive_avg_pool1d(y.reshape(2, 4, -1).transpose(1, 2), 2).transpose(1, 2) for y in ys]
+    torch.testing.assert_close(out.beliefs[0], ewm.up_project(torch.cat([pooled[0][0], pooled[1][0]])))
+    torch.testing.assert_close(out.beliefs[1, :2], ewm.up_project(pooled[1][1]))  # audio only: first N_b

@@ -1,0 +1,59 @@
+"""The statistics of the EWM-vs-LoRA experiment: intervals and the per-variant summary, on made-up runs."""
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+import pytest
+
+from affectverse_ds.experiments import ewm_vs_lora as exp
+
+
+def test_t_interval_matches_a_hand_computation():
+    mean, lo, hi = exp.t_interval([1.0, 2.0, 3.0])
+    half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+    assert mean == 2.0 and lo == pytest.approx(2 - half) and hi == pytest.approx(2 + half)
+    assert all(math.isnan(x) for x in exp.t_interval([5.0])[1:])
+
+
+def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_clips():
+    rng = np.random.default_rng(0)
+    small, large = rng.integers(0, 2, 20).astype(float), rng.integers(0, 2, 2000).astype(float)
+    m, lo, hi = exp.bootstrap_interval(small)
+    assert lo <= m <= hi
+    _, lo2, hi2 = exp.bootstrap_interval(large)
+    assert hi2 - lo2 < hi - lo
+    assert exp.bootstrap_interval(np.ones(10))[1:] == (1.0, 1.0)
+
+
+def _seed(score, hits, fid=None):
+    out = {"score": {1.0: score, 0.5: score}, "hits": {1.0: hits, 0.5: hits}}
+    if fid is not None:
+        out["fidelity"] = {0.5: {"v": {p: {"cos": dict(fid[p]), "mse": dict(fid[p])} for p in fid}}}
+    return out
+
+
+def test_summary_pairs_models_on_the_same_clips():
+    clips = {f"c{i}": [0.0, float("nan")] for i in range(4)}  # wheel 2: the label maps onto nothing
+    good = dict(clips, c0=[100.0, float("nan")], c1=[100.0, float("nan")], c2=[100.0, float("nan")])
+    fid = {"ewm": {"c0": 0.9, "c1": 0.8}, "repeat_last": {"c0": 0.5, "c1": 0.4}, "mean_observed": {"c0": 0.7, "c1": 0.7}}
+    raw = {"precursor": {"ewm_past": {0: _seed(75.0, good, fid), 1: _seed(75.0, good, fid)},
+                         "lora": {0: _seed(25.0, dict(clips, c3=[100.0, float("nan")])),
+                                  1: _seed(25.0, dict(clips, c3=[100.0, float("nan")]))}}}
+    summary = exp.summarise(raw, argparse.Namespace(keep_ratios=[1.0, 0.5]))
+    rows = {(r["model"], r["keep_ratio"]): r for r in summary["precursor"]["scores"]}
+    ewm = rows[("ewm_past", 1.0)]
+    assert ewm["mean"] == 75.0 and ewm["minus_lora_t95"][0] == 50.0 and ewm["n_clips"] == 4
+    assert ewm["boot95"][0] <= 75.0 <= ewm["boot95"][1] and ewm["boot95"][1] > ewm["boot95"][0]
+    assert ewm["minus_lora_boot95"][0] == pytest.approx(50.0)
+    t8 = [r for r in summary["precursor"]["table8"] if r["metric"] == "cos"]
+    by = {r["predictor"]: r for r in t8}
+    assert by["ewm"]["mean"] == pytest.approx(0.85)
+    assert by["repeat_last"]["ewm_minus_this_t95"][0] == pytest.approx(0.4)
+    assert "| 0.5 | ewm_past |" in exp.to_markdown(summary, argparse.Namespace(seeds=2, n_train=1, n_test=4))
+
+
+def test_wheel_score_is_the_mean_over_wheels_of_each_wheels_hit_rate():
+    hits = np.array([[100.0, np.nan], [0.0, 100.0], [100.0, 100.0]])
+    assert exp.wheel_score(hits) == pytest.approx(((200 / 3) + 100) / 2)
