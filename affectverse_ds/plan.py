@@ -78,6 +78,7 @@ def load_coeffs(path: str | Path = COEFFS) -> dict:
     for key in ("bytes_per_token_per_layer", "bytes_per_token_per_layer_checkpointed", "bytes_per_token_base"):
         if key not in data:
             raise ConfigError(f"{path}: missing {key}")
+    data["_path"] = str(path)
     return data
 
 
@@ -207,7 +208,9 @@ def render(cfg: AffectVerseConfig, counts: ParamCounts, coeffs: dict, world: int
         lines.append(f"run time at MFU {mfu:.0%} of {gpu_tflops:g} TFLOP/s: {seconds / 3600:.1f} h")
     step_s = flops / (world * gpu_tflops * 1e12 * mfu)
     lines.append(f"time per optimizer step at MFU {mfu:.0%}: {step_s:.2f} s")
-    lines.append(f"activation coefficients: {coeffs.get('measured_on', '?')} ({COEFFS.name})")
+    lines.append(f"activation coefficients: {coeffs.get('measured_on', '?')} ({coeffs.get('_path', '?')}; "
+                 f"the base term holds the LM head at the measured sample's few answer tokens, so longer "
+                 f"samples are slightly overestimated)")
     return "\n".join(lines), fits
 
 
