@@ -17,6 +17,7 @@ import copy
 import datetime
 import json
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,9 +37,14 @@ def shaped_thinker(layers: int) -> torch.nn.Module:
     config = shaped_thinker_config(layers=layers)
     config._attn_implementation = "sdpa"
     config.text_config._attn_implementation = "sdpa"
-    with torch.device("meta"):
-        thinker = Thinker(config)
-    thinker = thinker.to_empty(device="cpu").to(torch.bfloat16)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # to_empty allocates in the meta tensors' dtype: bf16, not fp32
+    try:
+        with torch.device("meta"):
+            thinker = Thinker(config)
+    finally:
+        torch.set_default_dtype(previous)
+    thinker = thinker.to_empty(device="cpu")
     with torch.no_grad():
         for p in thinker.parameters():
             p.normal_(0.0, 0.02)  # finite values; only the sizes of saved tensors are read
@@ -49,11 +55,19 @@ def shaped_thinker(layers: int) -> torch.nn.Module:
     return thinker
 
 
-def measure(cfg, batch, layers: int, checkpointing: bool) -> int:
+def _measure_here(cfg, batch, layers: int, checkpointing: bool) -> int:
     cfg = copy.deepcopy(cfg)
     cfg.backbone.gradient_checkpointing = checkpointing
     model = assemble_model(shaped_thinker(layers), cfg).train()
     return saved_activation_bytes(model, batch, torch.Generator().manual_seed(0))
+
+
+def measure(args, layers: int, checkpointing: bool) -> int:
+    """One measurement in a fresh process: a model freed inside one process did not give its 3 GB back."""
+    cmd = [sys.executable, __file__, "--config", args.config, "--seconds", str(args.seconds), "--batch",
+           str(args.batch), "--single", f"{layers},{int(checkpointing)}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return int(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,15 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=0.7)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--out", default=None, help="write the coefficients JSON here")
+    p.add_argument("--single", default=None, help=argparse.SUPPRESS)  # "layers,ckpt": one measurement, bytes printed
     args = p.parse_args(argv)
     cfg = load_config(args.config, ["lora.dropout=0.0"])
     batch = synthetic_batch(args.batch, args.seconds, cfg.data.frame_size, cfg.data.fps, 10, 4, seed=0, device="cpu")
     tokens = int(batch["attention_mask"].sum())
+    if args.single:
+        layers, ckpt = (int(x) for x in args.single.split(","))
+        print(_measure_here(cfg, batch, layers, bool(ckpt)))
+        return 0
     got = {}
     for ckpt in (False, True):
         for layers in (1, 2):
-            got[(layers, ckpt)] = measure(cfg, batch, layers, ckpt)
-            print(f"layers {layers} checkpointing {ckpt}: {got[(layers, ckpt)] / 2**20:.1f} MiB saved "
+            got[(layers, ckpt)] = measure(args, layers, ckpt)
+            print(f"layers {layers} checkpointing {ckpt}: {got[(layers, ckpt)]} bytes saved "
                   f"over {tokens} tokens", flush=True)
     per_layer = (got[(2, False)] - got[(1, False)]) / tokens
     per_layer_ckpt = (got[(2, True)] - got[(1, True)]) / tokens
