@@ -41,6 +41,7 @@ writes the LoRA adapter) and ``model.ewm`` the EWM (its ``state_dict``).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -732,12 +733,17 @@ def assemble_model(thinker: nn.Module, cfg: AffectVerseConfig) -> AffectVerseMod
     device = next(thinker.parameters()).device
     if cfg.backbone.gradient_checkpointing:
         thinker.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers drops the KV cache of checkpointed layers in training (a recomputed layer would write it
+        # twice), and the shared-prefix pass continues both passes from that cache: it is switched off
+        logging.getLogger(__name__).warning(
+            "backbone.gradient_checkpointing=true: the shared-prefix optimisation is off (no KV cache under "
+            "checkpointing); each step runs the full-observation and the second pass separately")
     if cfg.lora.enabled:
         thinker = apply_lora(thinker, cfg.lora)
     ewm = None
     if cfg.ewm.enabled:
         ewm = EmotionWorldModule(cfg.ewm, thinker.config.text_config.hidden_size).to(device)
-    model = AffectVerseModel(thinker, ewm, cfg)
+    model = AffectVerseModel(thinker, ewm, cfg, share_prefix=not cfg.backbone.gradient_checkpointing)
     named = {id(p) for _, p in model.trainable_parameters()}
     grad = {id(p) for p in model.parameters() if p.requires_grad}
     if named != grad:

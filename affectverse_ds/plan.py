@@ -1,0 +1,243 @@
+"""Memory and time plan of a training run, before any GPU is touched.
+
+    python -m affectverse_ds.plan --config launch/configs/affectverse_7b.yaml --gpus 8 --gpu-memory-gb 80 \
+        [--mfu 0.35] [--gpu-tflops 989] [--tokens-per-sample N] [--zero 2] [key=value ...]
+
+Parameters are counted on the meta-device thinker (``backbone.arch_config``), LoRA from the shapes of the
+layers it wraps and the EWM built on the meta device. Bytes per GPU follow DeepSpeed's bf16 mixed precision:
+bf16 module weights, bf16 gradients during backward, and an fp32 master copy + Adam's two fp32 moments of the
+trainable parameters, partitioned over the data-parallel ranks (ZeRO-2: optimizer state and gradients;
+ZeRO-3: also the weights). Activations per micro-batch = micro x tokens x (base + layers x per-layer), with the
+per-token bytes measured on the 7B-shaped model (``affectverse_ds/plan_coeffs.json``, written by
+``bench/activation_coeffs.py``, which records its command). Tokens per sample default to
+``data.max_seq_len`` (the budget's worst case). FLOPs per step use ``train.logging.FlopCounter``'s formula.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from affectverse_ds.config import AffectVerseConfig, ConfigError, load_config
+
+COEFFS = Path(__file__).resolve().parent / "plan_coeffs.json"
+GIB = 2**30
+# CUDA context, cuBLAS/flash workspaces and the caching allocator's slack: a fixed reserve per GPU (assumed,
+# not measured here; gpu_check.sh prints the real peak beside the prediction)
+RUNTIME_RESERVE_GB = 2.0
+
+
+@dataclass
+class ParamCounts:
+    frozen: int  # every thinker parameter
+    lm: int  # the language model without its embedding table (FLOPs)
+    audio: int
+    vision: int
+    lora: int
+    ewm: int
+    layers: int  # decoder layers
+    largest_layer: int  # parameters of the largest decoder layer (ZeRO-3 gather working set)
+
+    @property
+    def trainable(self) -> int:
+        return self.lora + self.ewm
+
+
+def count_parameters(cfg: AffectVerseConfig, thinker_config=None) -> ParamCounts:
+    """Counts on the meta device: nothing is allocated. ``thinker_config``: instead of ``backbone.arch_config``."""
+    import torch
+
+    from affectverse_ds.model.backbone import Thinker, language_model_lora_pattern, read_thinker_config
+    from affectverse_ds.model.ewm import EmotionWorldModule
+
+    config = thinker_config if thinker_config is not None else read_thinker_config(cfg.backbone.arch_config)
+    with torch.device("meta"):
+        thinker = Thinker(config)
+        ewm = EmotionWorldModule(cfg.ewm, config.text_config.hidden_size) if cfg.ewm.enabled else None
+    inner = thinker.model
+    lm = inner.language_model
+    pattern = re.compile(language_model_lora_pattern(cfg.lora.target_modules))
+    lora = 0
+    if cfg.lora.enabled:
+        for name, module in thinker.named_modules():
+            if isinstance(module, torch.nn.Linear) and pattern.fullmatch(name):
+                lora += cfg.lora.r * (module.in_features + module.out_features)
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    return ParamCounts(
+        frozen=n(thinker), lm=n(lm) - lm.embed_tokens.weight.numel(),
+        audio=n(inner.audio_tower), vision=n(inner.visual), lora=lora, ewm=n(ewm) if ewm is not None else 0,
+        layers=config.text_config.num_hidden_layers, largest_layer=max(n(layer) for layer in lm.layers),
+    )
+
+
+def load_coeffs(path: str | Path = COEFFS) -> dict:
+    data = json.loads(Path(path).read_text())
+    for key in ("bytes_per_token_per_layer", "bytes_per_token_per_layer_checkpointed", "bytes_per_token_base"):
+        if key not in data:
+            raise ConfigError(f"{path}: missing {key}")
+    data["_path"] = str(path)
+    return data
+
+
+@dataclass
+class MemoryPlan:
+    """Bytes per GPU of one configuration (ZeRO stage, world, micro batch)."""
+
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+    reserve: float
+
+    @property
+    def peak(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.reserve
+
+
+def activation_bytes(coeffs: dict, layers: int, micro: int, tokens: int, checkpointing: bool) -> float:
+    """Saved activations of one micro-batch; with checkpointing, one layer is recomputed (held) at a time."""
+    per_layer = coeffs["bytes_per_token_per_layer"]
+    if checkpointing:
+        per_token = coeffs["bytes_per_token_base"] + layers * coeffs["bytes_per_token_per_layer_checkpointed"] + per_layer
+    else:
+        per_token = coeffs["bytes_per_token_base"] + layers * per_layer
+    return float(micro * tokens * per_token)
+
+
+def memory_plan(counts: ParamCounts, coeffs: dict, world: int, micro: int, tokens: int, checkpointing: bool,
+                zero: int, reserve_gb: float = RUNTIME_RESERVE_GB, optimizer: bool = True) -> MemoryPlan:
+    """DeepSpeed bf16 + ZeRO ``zero`` (2 or 3); ``optimizer=False``: a bare forward/backward (no Adam state)."""
+    t = counts.trainable
+    if zero >= 3:
+        # frozen and trainable weights partitioned; the gathered working set is ~2 layers (current + prefetch)
+        weights = 2.0 * (counts.frozen + t) / world + 2 * 2.0 * counts.largest_layer
+    else:
+        weights = 2.0 * (counts.frozen + t)
+    # bf16 gradients of the trainable parameters as backward writes them (ZeRO-3 keeps only the partition),
+    # then the fp32 gradient partition the optimizer reads
+    gradients = (2.0 * t if zero < 3 else 2.0 * t / world) + (4.0 * t / world if optimizer else 0.0)
+    opt = 12.0 * t / world if optimizer else 0.0  # fp32 master + Adam m and v
+    acts = activation_bytes(coeffs, counts.layers, micro, tokens, checkpointing)
+    return MemoryPlan(weights, gradients, opt, acts, reserve_gb * GIB)
+
+
+def largest_micro_batch(counts, coeffs, world, tokens, checkpointing, zero, budget_bytes, limit=256) -> int:
+    """The largest micro batch whose predicted peak fits ``budget_bytes`` (0: not even 1)."""
+    best = 0
+    for micro in range(1, limit + 1):
+        if memory_plan(counts, coeffs, world, micro, tokens, checkpointing, zero).peak > budget_bytes:
+            break
+        best = micro
+    return best
+
+
+def sample_composition(cfg: AffectVerseConfig, tokens: int) -> tuple[int, int]:
+    """Audio mel frames and video patches of a sample of ``tokens`` tokens (a clip filling the budget).
+
+    Per second of clip: fps/2 temporal patches of (frame/28)^2 merged tokens (4 pixel patches each) and
+    25 audio tokens (4 mel frames each); ~60 tokens are text.
+    """
+    d = cfg.data
+    video_per_s = d.fps / 2 * (d.frame_size // 28) ** 2
+    seconds = max(tokens - 60, 0) / (video_per_s + 25)
+    return int(seconds * 100), int(seconds * video_per_s * 4)
+
+
+def step_flops(counts: ParamCounts, cfg: AffectVerseConfig, tokens: int) -> float:
+    from affectverse_ds.train.logging import FlopCounter
+
+    mel, patches = sample_composition(cfg, tokens)
+    per_sample = FlopCounter(counts.lm, counts.audio, counts.vision, counts.trainable).step_flops(tokens, mel, patches)
+    return per_sample * cfg.train.micro_batch * cfg.train.grad_accum
+
+
+def steps_per_epoch(cfg: AffectVerseConfig, world: int) -> tuple[int | None, str]:
+    """Optimizer steps per epoch: the loader's micro-batches per rank (from sizes.json) // grad_accum."""
+    from affectverse_ds.data.loader import LoaderError, train_steps_per_epoch
+
+    try:
+        micro = train_steps_per_epoch(cfg, world)
+    except (LoaderError, FileNotFoundError) as err:
+        return None, f"unknown ({err})"
+    return micro // cfg.train.grad_accum, (f"{micro} micro-batches per rank // grad_accum {cfg.train.grad_accum}, "
+                                           f"shard index {Path(cfg.data.shard_dir) / 'sizes.json'}")
+
+
+def _gb(x: float) -> str:
+    return f"{x / GIB:7.2f} GiB"
+
+
+def render(cfg: AffectVerseConfig, counts: ParamCounts, coeffs: dict, world: int, gpu_gb: float, mfu: float,
+           gpu_tflops: float, tokens: int, zero: int) -> tuple[str, bool]:
+    """The printed plan and whether the configured run fits."""
+    t = cfg.train
+    ckpt = cfg.backbone.gradient_checkpointing
+    lines = [f"plan: {world} GPU(s) x {gpu_gb:g} GB, micro batch {t.micro_batch} x accum {t.grad_accum}, "
+             f"{tokens} tokens/sample, gradient checkpointing {'on' if ckpt else 'off'}, ZeRO-{zero}",
+             f"parameters: frozen {counts.frozen / 1e9:.3f}B, trainable {counts.trainable / 1e6:.2f}M "
+             f"(LoRA {counts.lora / 1e6:.2f}M, EWM {counts.ewm / 1e6:.2f}M), decoder layers {counts.layers}"]
+    lines.append(f"{'per GPU':24s} {'ZeRO-2':>12s} {'ZeRO-3':>12s}")
+    plans = {z: memory_plan(counts, coeffs, world, t.micro_batch, tokens, ckpt, z) for z in (2, 3)}
+    for field in ("weights", "gradients", "optimizer", "activations", "reserve", "peak"):
+        lines.append(f"{field:24s} {_gb(getattr(plans[2], field)):>12s} {_gb(getattr(plans[3], field)):>12s}")
+    for flag in (False, True):
+        acts = activation_bytes(coeffs, counts.layers, t.micro_batch, tokens, flag)
+        lines.append(f"activations/micro-batch, checkpointing {'on ' if flag else 'off'}: {_gb(acts)}")
+    budget = gpu_gb * GIB
+    fits = plans[zero].peak <= budget
+    best = largest_micro_batch(counts, coeffs, world, tokens, ckpt, zero, budget)
+    verdict = "fits" if fits else "WILL NOT FIT"
+    lines.append(f"predicted peak per GPU (ZeRO-{zero}): {_gb(plans[zero].peak)} of {gpu_gb:g} GB: {verdict}; "
+                 f"largest micro batch that fits: {best}")
+    if not fits and not ckpt:
+        alt = largest_micro_batch(counts, coeffs, world, tokens, True, zero, budget)
+        lines.append(f"  with backbone.gradient_checkpointing=true the largest micro batch would be {alt}")
+    step_tokens = t.micro_batch * t.grad_accum * world * tokens
+    flops = step_flops(counts, cfg, tokens) * world
+    lines.append(f"per optimizer step: {step_tokens} tokens (upper bound), {flops / 1e15:.2f} PFLOP")
+    n_steps, source = steps_per_epoch(cfg, world)
+    if n_steps is None:
+        lines.append(f"steps per epoch: {source}")
+    else:
+        total = n_steps * t.epochs if t.max_steps <= 0 else t.max_steps
+        seconds = total * flops / (world * gpu_tflops * 1e12 * mfu)
+        lines.append(f"steps per epoch: {n_steps} ({source}); {total} steps in all")
+        lines.append(f"run time at MFU {mfu:.0%} of {gpu_tflops:g} TFLOP/s: {seconds / 3600:.1f} h")
+    step_s = flops / (world * gpu_tflops * 1e12 * mfu)
+    lines.append(f"time per optimizer step at MFU {mfu:.0%}: {step_s:.2f} s")
+    lines.append(f"activation coefficients: {coeffs.get('measured_on', '?')} ({coeffs.get('_path', '?')}; "
+                 f"the base term holds the LM head at the measured sample's few answer tokens, so longer "
+                 f"samples are slightly overestimated)")
+    return "\n".join(lines), fits
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--gpus", type=int, required=True, help="data-parallel GPUs")
+    p.add_argument("--gpu-memory-gb", type=float, required=True)
+    p.add_argument("--mfu", type=float, default=0.35, help="assumed model FLOP utilisation")
+    p.add_argument("--gpu-tflops", type=float, default=989.0, help="dense bf16 peak per GPU (H100/H200: 989)")
+    p.add_argument("--tokens-per-sample", type=int, default=None, help="default: data.max_seq_len")
+    p.add_argument("--zero", type=int, choices=[2, 3], default=2, help="stage the verdict is for")
+    p.add_argument("--coeffs", default=str(COEFFS))
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        coeffs = load_coeffs(args.coeffs)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    counts = count_parameters(cfg)
+    text, _ = render(cfg, counts, coeffs, args.gpus, args.gpu_memory_gb, args.mfu, args.gpu_tflops,
+                     args.tokens_per_sample or cfg.data.max_seq_len, args.zero)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
