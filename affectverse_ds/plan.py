@@ -155,15 +155,15 @@ def step_flops(counts: ParamCounts, cfg: AffectVerseConfig, tokens: int) -> floa
 
 
 def steps_per_epoch(cfg: AffectVerseConfig, world: int) -> tuple[int | None, str]:
-    """Optimizer steps per epoch: the loader's micro-batches per rank (from sizes.json) // grad_accum."""
-    from affectverse_ds.data.loader import LoaderError, train_steps_per_epoch
+    """Optimizer steps per epoch, from the shard index (sizes.json) through the trainer's own run plan."""
+    from affectverse_ds.data.loader import LoaderError, train_plan
 
     try:
-        micro = train_steps_per_epoch(cfg, world)
+        run = train_plan(cfg, world).run
     except (LoaderError, FileNotFoundError) as err:
         return None, f"unknown ({err})"
-    return micro // cfg.train.grad_accum, (f"{micro} micro-batches per rank // grad_accum {cfg.train.grad_accum}, "
-                                           f"shard index {Path(cfg.data.shard_dir) / 'sizes.json'}")
+    return run.steps_per_epoch, (f"{run.micro_batches_per_epoch} micro-batches per rank // grad_accum "
+                                 f"{cfg.train.grad_accum}, shard index {Path(cfg.data.shard_dir) / 'sizes.json'}")
 
 
 def _gb(x: float) -> str:

@@ -1,7 +1,9 @@
 """The planner's arithmetic, its parameter counts against the assembled model, and its CLI on the paper recipe."""
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -74,8 +76,11 @@ def test_steps_per_epoch_from_the_shard_index(tmp_path, capsys):
     shards = tmp_path / "shards"
     shards.mkdir()
     sizes = {f"meld-train-{i:06d}.tar": 128 for i in range(8)}  # one shard per rank (the loader's minimum)
-    for name in sizes:
-        (shards / name).write_bytes(b"")
+    for name in sizes:  # the loader checks each shard's first tar header at start; the planner reads no sample
+        with tarfile.open(shards / name, "w") as tar:
+            info = tarfile.TarInfo("x.json")
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"{}"))
     (shards / "sizes.json").write_text(json.dumps(sizes))
     assert plan.main(["--config", str(PRESET), "--gpus", "8", "--gpu-memory-gb", "80", f"data.shard_dir={shards}",
                       "data.train_benchmarks={meld: 1.0}", "data.num_workers=1"]) == 0
