@@ -204,7 +204,11 @@ def compare(affect: am.AffectVerseModel, cfg: AffectVerseConfig, batches: list[d
 
 def random_thinker(arch_config: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The thinker architecture with random weights (timing only)."""
-    config = read_thinker_config(arch_config)
+    return thinker_from_config(read_thinker_config(arch_config), device, dtype)
+
+
+def thinker_from_config(config, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """A frozen thinker with random weights built from ``config`` in ``dtype`` on ``device`` (SDPA)."""
     config._attn_implementation = "sdpa"
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

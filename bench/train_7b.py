@@ -27,11 +27,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_overhead import random_thinker, synthetic_batch  # noqa: E402  (bench helper beside this file)
+from step_overhead import random_thinker, synthetic_batch, thinker_from_config  # noqa: E402  (bench helper beside this file)
 
 from affectverse_ds import plan, preflight  # noqa: E402
 from affectverse_ds.config import load_config  # noqa: E402
-from affectverse_ds.model.backbone import Thinker, freeze  # noqa: E402
 from affectverse_ds.tools.make_shaped_backbone import shaped_thinker_config  # noqa: E402
 from affectverse_ds.model.affect_model import assemble_model  # noqa: E402
 from affectverse_ds.train.logging import FlopCounter, device_peak_tflops  # noqa: E402
@@ -39,17 +38,7 @@ from affectverse_ds.train.logging import FlopCounter, device_peak_tflops  # noqa
 
 def shaped_random_thinker(layers: int, device) -> torch.nn.Module:
     """The 7B config with the decoder cut to ``layers`` (towers at 2 blocks), random, bf16, on ``device``."""
-    config = shaped_thinker_config(layers=layers)
-    config._attn_implementation = "sdpa"
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(device):
-            thinker = Thinker(config)
-    finally:
-        torch.set_default_dtype(previous)
-    freeze(thinker)
-    return thinker
+    return thinker_from_config(shaped_thinker_config(layers=layers), device, torch.bfloat16)
 
 
 def predicted_peak_gb(cfg, layers: int, batch: int, tokens_per_sample: int) -> float:

@@ -25,3 +25,17 @@ def tiny_backbone_dir(tmp_path_factory) -> Path:
     from affectverse_ds.tools.make_tiny_backbone import make_tiny_backbone
 
     return make_tiny_backbone(tmp_path_factory.mktemp("tiny_backbone"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_backbone_dir):
+    from affectverse_ds.model.backbone import load_tokenizer
+
+    return load_tokenizer(tiny_backbone_dir)
+
+
+@pytest.fixture(scope="session")
+def extractor(tiny_backbone_dir):
+    from transformers import WhisperFeatureExtractor
+
+    return WhisperFeatureExtractor.from_pretrained(tiny_backbone_dir)

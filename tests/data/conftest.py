@@ -159,20 +159,6 @@ def make_record():
     return sample_record
 
 
-@pytest.fixture(scope="session")
-def tokenizer(tiny_backbone_dir):
-    from affectverse_ds.model.backbone import load_tokenizer
-
-    return load_tokenizer(tiny_backbone_dir)
-
-
-@pytest.fixture(scope="session")
-def extractor(tiny_backbone_dir):
-    from transformers import WhisperFeatureExtractor
-
-    return WhisperFeatureExtractor.from_pretrained(tiny_backbone_dir)
-
-
 # ----------------------------------------------------------------------------- encoded clips (shard writer tests)
 
 def write_clip(path: Path, *, seconds: float = 2.0, fps: int = 25, size: tuple[int, int] = (64, 48),
