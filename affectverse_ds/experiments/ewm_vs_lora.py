@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from affectverse_ds import demo
+from affectverse_ds.eval.wheel import PACKAGED_WHEEL_DIR
 from affectverse_ds.model.ewm import EmotionWorldModule, adaptive_pool_matrix
 from affectverse_ds.train.checkpoint import latest_checkpoint
 
@@ -210,7 +211,10 @@ def prepare(art: Path, args: argparse.Namespace, variant: str) -> tuple[Path, Pa
     """The variant's clips and shards (skipped when already there)."""
     from affectverse_ds.benchmarks.affectdyn_gen import make_affectdyn
     from affectverse_ds.data.shards import ShardLimits, build_shards
+    from affectverse_ds.tools.make_tiny_backbone import is_current, make_tiny_backbone
 
+    if not is_current(art / "tiny_backbone"):  # the demo recipe's backbone; a clone alone has none yet
+        make_tiny_backbone(art / "tiny_backbone")
     tag = f"{variant}_{args.n_train}_{args.n_test}_{args.data_seed}"
     raw = art / "ewm_evidence" / f"raw_{tag}"
     if not (raw / "affectdyn-process" / "label.npz").is_file():

@@ -57,3 +57,14 @@ def test_summary_pairs_models_on_the_same_clips():
 def test_wheel_score_is_the_mean_over_wheels_of_each_wheels_hit_rate():
     hits = np.array([[100.0, np.nan], [0.0, 100.0], [100.0, 100.0]])
     assert exp.wheel_score(hits) == pytest.approx(((200 / 3) + 100) / 2)
+
+
+def test_command_line_defaults_parse_and_score_with_the_packaged_wheels():
+    """The documented command parses (a merge once left its --wheel-dir default undefined) and, without
+    --wheel-dir, scores with the wheels shipped in the package."""
+    args = exp.parse_args(["--seeds", "3", "--variants", "base,precursor", "--out", "x"])
+    assert args.seeds == 3 and args.variants == ["base", "precursor"]
+    assert args.keep_ratios == [1.0, 0.85, 0.7, 0.5, 0.3]
+    from pathlib import Path
+
+    assert any(Path(args.wheel_dir).iterdir())
