@@ -42,11 +42,12 @@ writes the LoRA adapter) and ``model.ewm`` the EWM (its ``state_dict``).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.utils import ModelOutput
 
 from affectverse_ds.config import AffectVerseConfig
 from affectverse_ds.data.batch import AUDIO_TOKEN_ID, IGNORE_INDEX, IM_END_ID, PAD_TOKEN_ID, VIDEO_TOKEN_ID
@@ -57,7 +58,7 @@ from affectverse_ds.model.lora import apply_lora
 
 
 @dataclass
-class AffectVerseOutput:
+class AffectVerseOutput(ModelOutput):
     """Result of one forward.
 
     loss: L_lm + lambda_img L_img (+ a zero-weighted term touching every trainable parameter).
@@ -68,16 +69,18 @@ class AffectVerseOutput:
     sample_nll: (B,) summed NLL of each sample's answer tokens; sample_tokens: (B,) their count.
     metrics: detached scalars (imagination per step and modality, kappa, tokens dropped, belief tokens ...).
     mama_weights: (B, N_q, N_M) MAMA attention (belief mode "ewm"), else None.
+
+    A ``ModelOutput`` (a dict) so that ZeRO-3's hooks find its tensors (see ``EWMOutput``).
     """
 
     loss: torch.Tensor
-    lm_loss: torch.Tensor
-    img_loss: torch.Tensor
-    logits: torch.Tensor
-    label_sample: torch.Tensor
-    sample_nll: torch.Tensor
-    sample_tokens: torch.Tensor
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    lm_loss: torch.Tensor = None  # ModelOutput: every field after the first has a default of None
+    img_loss: torch.Tensor = None
+    logits: torch.Tensor = None
+    label_sample: torch.Tensor = None
+    sample_nll: torch.Tensor = None
+    sample_tokens: torch.Tensor = None
+    metrics: dict[str, torch.Tensor] = None
     mama_weights: torch.Tensor | None = None
 
 
@@ -494,18 +497,11 @@ class AffectVerseModel(nn.Module):
         lm_loss = tok_nll.sum() / has.sum().clamp(min=1)
         img_loss = ewm_out.img_loss if ewm_out is not None else lm_loss.new_zeros(())
         lam = self.cfg.ewm.lambda_img if self.ewm is not None else 0.0
-        loss = lm_loss + lam * img_loss + self._zero_touch()
+        loss = lm_loss + lam * img_loss + (ewm_out.touch if ewm_out is not None else 0.0)
         metrics = self._metrics(s, ewm_out, n_tokens)
         metrics["shared_prefix"] = torch.tensor(float(prefix))
         return AffectVerseOutput(loss, lm_loss, img_loss, logits, label_sample, sample_nll, n_tokens, metrics,
                                  ewm_out.mama_weights if ewm_out is not None else None)
-
-    def _zero_touch(self) -> torch.Tensor | float:
-        """0 x every EWM parameter: each gets a gradient every step, used or not (ZeRO-2 hangs otherwise).
-
-        LoRA needs none: every adapter sits in the decoder, which every step runs and backpropagates through.
-        """
-        return self.ewm.zero_touch() if self.ewm is not None else 0.0
 
     @staticmethod
     def _metrics(s: _Setup, ewm_out: EWMOutput | None, n_tokens: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -41,11 +41,12 @@ paper's ~25M), so the layers are cross-attention + FFN only.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.utils import ModelOutput
 
 from affectverse_ds.config import EWMConfig
 
@@ -206,7 +207,7 @@ class BeliefAggregator(nn.Module):
 
 
 @dataclass
-class EWMOutput:
+class EWMOutput(ModelOutput):
     """What the EWM hands to the composition.
 
     beliefs: (B, 2 N_b, d) up-projected belief tokens; sample i uses the first ``n_belief[i]``.
@@ -216,13 +217,18 @@ class EWMOutput:
         averaged over samples with a target; NaN where none), ``img_loss_{v,a}``, ``n_img_targets``.
     mama_weights: (B, 2 N_b, 2 S N_s) belief->memory attention (head-averaged), memory laid out
         [video steps 1..S ; audio steps 1..S]; None unless the belief mode is "ewm".
+    touch: 0 x the sum of every EWM parameter (see :meth:`EmotionWorldModule.zero_touch`), for the loss.
+
+    A ``ModelOutput`` (a dict) rather than a plain dataclass: ZeRO-3 finds the tensors of a module's
+    output to re-gather its partitioned weights for the backward pass, and it cannot see into a dataclass.
     """
 
     beliefs: torch.Tensor
-    n_belief: torch.Tensor
-    img_loss: torch.Tensor
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    n_belief: torch.Tensor = None  # ModelOutput: every field after the first has a default of None
+    img_loss: torch.Tensor = None
+    metrics: dict[str, torch.Tensor] = None
     mama_weights: torch.Tensor | None = None
+    touch: torch.Tensor | None = None
 
 
 class EmotionWorldModule(nn.Module):
@@ -348,7 +354,7 @@ class EmotionWorldModule(nn.Module):
                 b, mama_weights = self._mama(ys, use)
             if cfg.boundary_residual:
                 b = b + self.alpha * self.w_r(self._boundary(z, split, use))[:, None]
-        return EWMOutput(self.up_project(b), n_belief, img_loss, metrics, mama_weights)
+        return EWMOutput(self.up_project(b), n_belief, img_loss, metrics, mama_weights, self.zero_touch())
 
     def _imagination_terms(self, z, ys, lengths, split, use) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Eq. 21: per sample, the mean over its available modalities with a future (of the mean over steps);
@@ -430,5 +436,7 @@ class EmotionWorldModule(nn.Module):
         return (tokens[0] * weights[0] + tokens[1] * weights[1]) / (weights[0] + weights[1]).clamp(min=1)
 
     def zero_touch(self) -> torch.Tensor:
-        """0 x (sum of every parameter): gives each EWM parameter a (zero) gradient on every step (ZeRO-2 safety)."""
+        """0 x (sum of every parameter): gives each EWM parameter a (zero) gradient on every step, used or not
+        (ZeRO-2 hangs otherwise). Computed inside :meth:`forward`: under ZeRO-3 a module's weights exist whole only
+        there (the engine registers the submodules' weights with the EWM so that all of them do)."""
         return sum(p.sum() for p in self.parameters()) * 0.0

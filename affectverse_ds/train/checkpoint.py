@@ -14,6 +14,7 @@ folder is used only after its integrity record checks out (``resolve_resume``).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -265,15 +266,24 @@ def resolve_resume(ckpt_dir: str | Path, resume: str, info: dist.DistInfo) -> Pa
     return None if path is None else Path(path)
 
 
-def export_gathered(model, cfg: AffectVerseConfig, out: str | Path, info: dist.DistInfo) -> Path:
-    """``export_trainable`` written by rank 0, called on every rank: under ZeRO-3 each rank holds a slice of each
-    partitioned trainable weight, and ``GatheredParameters`` (a collective) assembles the whole weights first."""
+@contextlib.contextmanager
+def whole_trainable(model):
+    """Inside the block every trainable weight is whole on every rank: under ZeRO-3 each rank holds a slice of
+    each partitioned weight and ``GatheredParameters`` (a collective: every rank enters) assembles them;
+    otherwise there is nothing to do."""
     partitioned = [p for _, p in model.trainable_parameters() if hasattr(p, "ds_id")]
     if not partitioned:
-        return export_trainable(model, cfg, out) if info.is_main else Path(out)
+        yield
+        return
     import deepspeed
 
     with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
+        yield
+
+
+def export_gathered(model, cfg: AffectVerseConfig, out: str | Path, info: dist.DistInfo) -> Path:
+    """``export_trainable`` of the whole weights (:func:`whole_trainable`) written by rank 0, called on every rank."""
+    with whole_trainable(model):
         if info.is_main:
             export_trainable(model, cfg, out)
     return Path(out)

@@ -64,6 +64,8 @@ def build_engine(model: torch.nn.Module, trainable: list[tuple[str, torch.nn.Par
     import deepspeed
 
     ds = fill_ds_config(load_ds_config(ds_path), cfg, world_size)
+    if ds.get("zero_optimization", {}).get("stage") == 3:
+        register_ewm_weights(model)
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model,
         model_parameters=param_groups(model, trainable, cfg.train.weight_decay),
@@ -72,6 +74,22 @@ def build_engine(model: torch.nn.Module, trainable: list[tuple[str, torch.nn.Par
     )
     install_weights_only_loading(engine)
     return engine, optimizer, scheduler, ds
+
+
+def register_ewm_weights(model: torch.nn.Module) -> None:
+    """ZeRO-3: every EWM weight is gathered for the whole of the EWM's forward (and its backward).
+
+    The EWM's zero-touch term reads all of its weights inside its forward, also those of submodules that
+    this batch does not run (the other MAMA, an absent modality's imagination module); ZeRO-3 gathers a
+    weight only inside its own module's forward unless it is registered with the module that reads it.
+    """
+    from deepspeed.runtime.zero.partition_parameters import register_external_parameter
+
+    ewm = getattr(model, "ewm", None)
+    if ewm is None:
+        return
+    for p in ewm.parameters():
+        register_external_parameter(ewm, p)
 
 
 _WEIGHTS_ONLY_ENGINE: type | None = None

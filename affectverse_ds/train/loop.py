@@ -212,7 +212,8 @@ class Trainer:
 
     def _check_ranks_agree(self) -> None:
         """Trainable weights must be identical on every rank (the gradient all-reduce happened); recorded in the run dir."""
-        digest = trainable_digest(self.model.trainable_parameters())
+        with ckpt.whole_trainable(self.model):  # under ZeRO-3 a rank alone holds only slices
+            digest = trainable_digest(self.model.trainable_parameters())
         digests = dist.all_gather_object(digest)
         if self.info.is_main:
             record = {"step": self.position["step"], "trainable_sha256_per_rank": digests}
