@@ -149,7 +149,7 @@ def prepare_data(art: Path, n_train: int, n_test: int, seed: int) -> tuple[Path,
     """
     from affectverse_ds.data.shards import ShardLimits, build_shards
     from affectverse_ds.tools.make_tiny_backbone import is_current, make_tiny_backbone
-    from data_prep.make_affectdyn import make_affectdyn
+    from affectverse_ds.benchmarks.affectdyn_gen import make_affectdyn
 
     backbone = art / "tiny_backbone"
     if not is_current(backbone):  # missing, or written by an older make_tiny_backbone

@@ -1,10 +1,10 @@
 """The four sentiment benchmarks share one label format: a float score in ``val``."""
 from affectverse_ds.benchmarks._mmsa import mmsa_scanner
 from affectverse_ds.benchmarks.base import (
-    SENTIMENT_CLASSES, SENTIMENT_QUESTION, Benchmark, Label, checked_score, npz_labels, plain_corpus, register,
+    SENTIMENT_CLASSES, SENTIMENT_QUESTION, Benchmark, Label, checked_score, npz_labels, plain_corpus,
     sentiment_target,
 )
-from affectverse_ds.benchmarks.layouts import ProcessedLayout, entry_value, unibench_scanner
+from affectverse_ds.benchmarks.layouts import ProcessedLayout, entry_value, register_processed
 
 
 def _label(entry: dict, name: str) -> Label:
@@ -13,14 +13,9 @@ def _label(entry: dict, name: str) -> Label:
 
 def sentiment_benchmark(name: str, process_dir: str, layout: ProcessedLayout) -> Benchmark:
     """Register a sentiment benchmark readable in the processed layout and in MMSA's release layout."""
-    bench = register(Benchmark(
+    return register_processed(Benchmark(
         name=name, group="sentiment", process_dir=process_dir, classes=SENTIMENT_CLASSES,
         test_split="test", train_splits=("train",),
         load_labels=npz_labels("label.npz", plain_corpus, _label),
         question=SENTIMENT_QUESTION, target=sentiment_target,
-    ))
-    bench.extra["layout"] = layout
-    bench.extra["splits"] = ("val",)
-    bench.scanners["unibench"] = unibench_scanner(bench, layout)
-    bench.scanners["official"] = mmsa_scanner()
-    return bench
+    ), layout, official=mmsa_scanner(), splits=("val",))

@@ -4,11 +4,11 @@ import re
 from pathlib import Path
 
 from affectverse_ds.benchmarks.base import (
-    DISCRETE_QUESTION, Benchmark, Label, LayoutNotFound, RawItem, SplitAbsent, class_from_index, emotion_target, npz_labels, register,
+    DISCRETE_QUESTION, Benchmark, Label, LayoutNotFound, RawItem, SplitAbsent, class_from_index, emotion_target, npz_labels,
 )
 from affectverse_ds.benchmarks.layouts import (
-    ProcessedLayout, entry_value, finish, index_media, mark_duplicates, missing_media, read_text, reject, shown,
-    unibench_scanner,
+    ProcessedLayout, entry_value, finish, index_media, mark_duplicates, missing_media, read_text, register_processed,
+    reject, shown,
 )
 
 log = logging.getLogger(__name__)
@@ -143,12 +143,9 @@ def scan_official(root: Path, split: str) -> list[RawItem]:
     return finish(items, "iemocap.official: Session*/dialog/{EmoEvaluation,transcriptions,avi/DivX}")
 
 
-BENCHMARK = register(Benchmark(
+BENCHMARK = register_processed(Benchmark(
     name="iemocap", group="discrete", process_dir="iemocap-process", classes=CLASSES,
     test_split="test", train_splits=("train",),
     load_labels=npz_labels("label_4way.npz", _corpus, _label),
     question=DISCRETE_QUESTION, target=emotion_target,
-))
-BENCHMARK.extra["layout"] = LAYOUT
-BENCHMARK.scanners["unibench"] = unibench_scanner(BENCHMARK, LAYOUT)
-BENCHMARK.scanners["official"] = scan_official
+), LAYOUT, official=scan_official)

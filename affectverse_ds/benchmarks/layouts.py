@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from affectverse_ds.benchmarks.base import Benchmark, LabelError, LabelTable, RawItem
+from affectverse_ds.benchmarks.base import Benchmark, LabelError, LabelTable, RawItem, register
 
 log = logging.getLogger(__name__)
 
@@ -434,3 +434,28 @@ def unibench_scanner(
         return finish(items, shape)
 
     return scan
+
+
+def register_processed(
+    bench: Benchmark,
+    layout: ProcessedLayout,
+    official: Scanner | None = None,
+    entries: Callable[[Path, str], list[RawItem]] | None = None,
+    **extra,
+) -> Benchmark:
+    """Register ``bench`` with the readers of its layouts: the one tail every benchmark file ends with.
+
+    Args:
+        bench: the benchmark, not yet registered.
+        layout: its MER-UniBench processed layout (kept as ``extra['layout']``; the fixture maker reads it).
+        official: scanner of the release's own layout, if the builder can read that one too.
+        entries: passed to :func:`unibench_scanner` (label files that can repeat a name).
+        extra: further ``bench.extra`` keys: ``splits`` (unscored splits a builder may ask for),
+            ``process_dirs`` (folder names to try), ``description``.
+    """
+    register(bench)
+    bench.extra.update(layout=layout, **extra)
+    bench.scanners["unibench"] = unibench_scanner(bench, layout, entries=entries)
+    if official is not None:
+        bench.scanners["official"] = official
+    return bench

@@ -4,11 +4,11 @@ from pathlib import Path
 
 from affectverse_ds.benchmarks.base import (
     DISCRETE_QUESTION, Benchmark, Label, LabelError, LayoutNotFound, RawItem, SplitAbsent, class_from_index,
-    emotion_target, npz_labels, plain_corpus, register,
+    emotion_target, npz_labels, plain_corpus,
 )
 from affectverse_ds.benchmarks.layouts import (
     VIDEO_EXTS, ProcessedLayout, attach_media, entry_value, finish, first_dir, index_media, mark_duplicates,
-    read_csv_rows, shown, unibench_scanner,
+    read_csv_rows, register_processed, shown,
 )
 
 CLASSES = ("anger", "joy", "sadness", "neutral", "disgust", "fear", "surprise")
@@ -78,13 +78,9 @@ def scan_official(root: Path, split: str) -> list[RawItem]:
     return finish(items, f"meld.official: {csv_name}, {folder}/")
 
 
-BENCHMARK = register(Benchmark(
+BENCHMARK = register_processed(Benchmark(
     name="meld", group="discrete", process_dir="meld-process", classes=CLASSES,
     test_split="test", train_splits=("train",),
     load_labels=npz_labels("label.npz", plain_corpus, _label),
     question=DISCRETE_QUESTION, target=emotion_target,
-))
-BENCHMARK.extra["layout"] = LAYOUT
-BENCHMARK.extra["splits"] = ("val",)
-BENCHMARK.scanners["unibench"] = unibench_scanner(BENCHMARK, LAYOUT)
-BENCHMARK.scanners["official"] = scan_official
+), LAYOUT, official=scan_official, splits=("val",))

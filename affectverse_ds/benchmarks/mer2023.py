@@ -3,11 +3,11 @@ from pathlib import Path
 
 from affectverse_ds.benchmarks.base import (
     DISCRETE_QUESTION, Benchmark, Label, LabelError, LayoutNotFound, RawItem, SplitAbsent, checked_score,
-    class_from_index, emotion_target, npz_labels, plain_corpus, register,
+    class_from_index, emotion_target, npz_labels, plain_corpus,
 )
 from affectverse_ds.benchmarks.layouts import (
     VIDEO_EXTS, ProcessedLayout, attach_media, entry_value, finish, index_media, mark_duplicates, read_csv_rows,
-    read_subtitles, unibench_scanner,
+    read_subtitles, register_processed,
 )
 
 CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")
@@ -77,15 +77,13 @@ def scan_official(root: Path, split: str) -> list[RawItem]:
     return finish(items, shape)
 
 
-BENCHMARK = register(Benchmark(
+BENCHMARK = register_processed(Benchmark(
     name="mer2023", group="discrete", process_dir="mer2023-dataset-process", classes=CLASSES,
     test_split="test1", train_splits=("train",),
     load_labels=npz_labels("label-6way.npz", plain_corpus, _label),
     question=DISCRETE_QUESTION, target=emotion_target,
-))
-BENCHMARK.extra["layout"] = LAYOUT
-BENCHMARK.extra["splits"] = ("test2", "test3")  # further splits of label-6way.npz, not scored
-_scan_unibench = unibench_scanner(BENCHMARK, LAYOUT)
+), LAYOUT, official=scan_official, splits=("test2", "test3"))  # further splits of label-6way.npz, not scored
+_scan_unibench = BENCHMARK.scanners["unibench"]  # wrapped below
 
 
 def scan_unibench(root: Path, split: str) -> list[RawItem]:
@@ -110,4 +108,3 @@ def _is_marker(value: object) -> bool:
 
 
 BENCHMARK.scanners["unibench"] = scan_unibench
-BENCHMARK.scanners["official"] = scan_official

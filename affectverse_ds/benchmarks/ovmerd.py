@@ -2,9 +2,9 @@
 from pathlib import Path
 
 from affectverse_ds.benchmarks.base import (
-    OPENSET_QUESTION, Benchmark, Label, LabelTable, LayoutNotFound, RawItem, SplitAbsent, emotion_target, register,
+    OPENSET_QUESTION, Benchmark, Label, LabelTable, LayoutNotFound, RawItem, SplitAbsent, emotion_target,
 )
-from affectverse_ds.benchmarks.layouts import ProcessedLayout, mark_duplicates, read_csv_rows, unibench_scanner
+from affectverse_ds.benchmarks.layouts import ProcessedLayout, mark_duplicates, read_csv_rows, register_processed
 
 LABEL_FILE = "ovlabel.csv"
 # subtitle_eng.csv: name,sentence; some copies call the column `english` (read when `sentence` is absent)
@@ -47,13 +47,11 @@ def load_ovlabels(process_root: Path, split: str) -> LabelTable:
     return table
 
 
-BENCHMARK = register(Benchmark(
+BENCHMARK = register_processed(Benchmark(
     name="ovmerd", group="openset", process_dir="ovmerd-process", classes=(),
     test_split="test", train_splits=(),
     load_labels=load_ovlabels, question=OPENSET_QUESTION, target=emotion_target,
-))
-BENCHMARK.extra["layout"] = LAYOUT
-# MER-UniBench's tree (AffectGPT config.py: DATA_DIR['OVMERDPlus'] = 'ovmerdplus-process') first;
-# `ovmerd-process`, this project's earlier name, still read.
-BENCHMARK.extra["process_dirs"] = ("ovmerdplus-process", "ovmerd-process")
-BENCHMARK.scanners["unibench"] = unibench_scanner(BENCHMARK, LAYOUT, entries=label_items)
+), LAYOUT, entries=label_items,
+    # MER-UniBench's tree (AffectGPT config.py: DATA_DIR['OVMERDPlus'] = 'ovmerdplus-process') first;
+    # `ovmerd-process`, this project's earlier name, still read.
+    process_dirs=("ovmerdplus-process", "ovmerd-process"))

@@ -10,7 +10,7 @@ Training (:func:`build_train_loader`), per rank and epoch::
 
 Every rank runs exactly ``train_plan().batches_per_epoch`` batches per epoch: each
 worker's stream cycles over its shards without end and is cut at its quota of
-batches (``with_epoch``, per worker), so ranks with fewer samples re-read some
+batches (``itertools.islice``, per worker), so ranks with fewer samples re-read some
 and never leave a collective waiting. Rank and world size are arguments: this
 module reads no environment variable and never touches ``torch.distributed``.
 
@@ -124,14 +124,12 @@ class TrainPlan:
         weights: benchmark -> mixing weight (expected passes over its shards per epoch).
         num_samples: samples in one epoch (sum of weight x samples).
         run: the run's length in micro-batches and optimizer steps (``train/plan.py``, the one place it is computed).
-        list_length: shard slots per epoch (weighted), what is split over ranks and workers.
     """
 
     shards: dict[str, list[Shard]]
     weights: dict[str, float]
     num_samples: int
     run: RunPlan
-    list_length: int
 
     @property
     def batches_per_epoch(self) -> int:
@@ -159,7 +157,7 @@ def train_plan(cfg: AffectVerseConfig, world: int) -> TrainPlan:
             f"{length} shards (weighted) are fewer than workers x ranks = {workers} x {world}; "
             f"write smaller shards or lower data.num_workers"
         )
-    return TrainPlan(shards, weights, num_samples, run, length)
+    return TrainPlan(shards, weights, num_samples, run)
 
 
 def _weighted_count(n: int, weight: float) -> int:

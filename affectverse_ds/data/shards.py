@@ -4,7 +4,8 @@ A process pool decodes items; one writer consumes the results in item order, so 
 shards are byte-identical whatever the number of workers. Items are sorted by sample
 key first, so the scanner's directory-listing order does not leak into the shards.
 
-Every member has the same mtime, owner and mode, so rebuilding gives identical bytes.
+Shards are written by ``webdataset.TarWriter`` with a fixed mtime, owner and mode, so rebuilding
+gives identical bytes (TarWriter orders a sample's members by extension: frames, flac, json).
 A shard is written to ``<shard>.tar.tmp`` and renamed when complete: a ``.tar`` on disk is
 always a finished shard, which is what ``resume`` relies on.
 
@@ -36,6 +37,7 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile as sf
+import webdataset as wds
 from tqdm import tqdm
 
 from affectverse_ds.benchmarks import get_benchmark
@@ -47,6 +49,8 @@ from affectverse_ds.data.media import Clip, DecodeConfig, MediaError, decode_cli
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 TAR_MTIME = 0  # fixed member metadata: rebuilds are byte-identical
+# in the build record: a resume never appends shards of another member order to finished ones
+TAR_WRITER = "webdataset.TarWriter, members by extension"
 BLOCK = 512
 
 
@@ -60,10 +64,10 @@ class ShardLimits:
 
 @dataclass
 class Encoded:
-    """One item after the worker: its tar members (None when rejected) and its manifest row."""
+    """One item after the worker: its webdataset sample (None when rejected) and its manifest row."""
 
     key: str
-    members: list[tuple[str, bytes]] | None
+    members: dict[str, str | bytes] | None
     row: dict
 
 
@@ -171,14 +175,15 @@ def _item_notes(item: RawItem) -> list[str]:
     return list(item.notes) + ([note] if note and note not in item.notes else [])
 
 
-def sample_members(key: str, meta: dict, clip: Clip, cfg: DecodeConfig) -> list[tuple[str, bytes]]:
-    """Tar members of a sample in the order they are written: json, frames, audio."""
-    members = [(f"{key}.{schema.META_EXT}", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode())]
-    members += [(f"{key}.{schema.frame_ext(i)}", jpg) for i, jpg in enumerate(clip.frames)]
+def sample_members(key: str, meta: dict, clip: Clip, cfg: DecodeConfig) -> dict[str, str | bytes]:
+    """A sample as ``webdataset.TarWriter`` writes it: ``__key__`` and extension -> bytes (json, frames, audio)."""
+    members: dict[str, str | bytes] = {"__key__": key}
+    members[schema.META_EXT] = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode()
+    members.update((schema.frame_ext(i), jpg) for i, jpg in enumerate(clip.frames))
     if meta["modalities"]["audio"]:
         buf = io.BytesIO()
         sf.write(buf, clip.audio, cfg.sample_rate, format="FLAC", subtype="PCM_16")
-        members.append((f"{key}.{schema.AUDIO_EXT}", buf.getvalue()))
+        members[schema.AUDIO_EXT] = buf.getvalue()
     return members
 
 
@@ -225,16 +230,9 @@ def file_sha256(path: str) -> str:
 
 # ----------------------------------------------------------------------------- tar writing
 
-def _tar_size(members: list[tuple[str, bytes]]) -> int:
-    return sum(BLOCK + -(-len(data) // BLOCK) * BLOCK for _, data in members)
-
-
-def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, TAR_MTIME, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
+def _tar_size(sample: dict[str, str | bytes]) -> int:
+    """Bytes a sample adds to a tar: a header block per member plus its data padded to whole blocks."""
+    return sum(BLOCK + -(-len(data) // BLOCK) * BLOCK for ext, data in sample.items() if not ext.startswith("__"))
 
 
 class ShardWriter:
@@ -257,31 +255,30 @@ class ShardWriter:
     def shard_name(self, index: int) -> str:
         return schema.SHARD_PATTERN.format(benchmark=self.benchmark, split=self.split, index=index)
 
-    def add(self, members: list[tuple[str, bytes]]) -> str:
-        """Append one sample; returns the shard file name it went to."""
-        size = _tar_size(members)
+    def add(self, sample: dict[str, str | bytes]) -> str:
+        """Append one sample (``__key__`` and extension -> bytes); returns the shard file name it went to."""
+        size = _tar_size(sample)
         if self.tar is not None and (self.count >= self.limits.max_count
                                      or self.bytes + size > self.limits.max_bytes):
             self.close()
         if self.tar is None:
             self._open()
-        for name, data in members:
-            self.tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+        self.tar.write(sample)
         self.count += 1
         self.bytes += size
         return self.shard_name(self.index)
 
     def _open(self) -> None:
-        # webdataset.TarWriter(mtime=TAR_MTIME, format="PAX_FORMAT") also rebuilds byte-identically (bench/tar_writer_identity.py) but sorts members by extension, which would change every existing shard's bytes: a switch for the shard format's owner
         self.file = open(self.out / (self.shard_name(self.index) + ".tmp"), "wb")
-        self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.PAX_FORMAT)
+        # fixed member metadata, so rebuilds are byte-identical (bench/tar_writer_identity.py measures it)
+        self.tar = wds.TarWriter(self.file, encoder=False, mtime=TAR_MTIME, mode=0o644, user="", group="")
         self.count = self.bytes = 0
 
     def close(self) -> None:
         """Finish the current shard: flush to disk, then rename so it appears complete or not at all."""
         if self.tar is None:
             return
-        self.tar.close()
+        self.tar.close()  # ends the tar; the file, opened here, stays open until it is on disk
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
@@ -419,7 +416,7 @@ def _check_state(out, prefix, items, bench, split, cfg, limits, resume, record=N
         tmp.unlink()  # an interrupted shard: never reused
     keys = "\n".join(schema.sample_key(bench.name, it.split, it.name) for it in items)
     state = {"benchmark": bench.name, "split": split, "decode": asdict(cfg), "limits": asdict(limits),
-             "items": len(items), "keys_sha256": hashlib.sha256(keys.encode()).hexdigest()}
+             "items": len(items), "keys_sha256": hashlib.sha256(keys.encode()).hexdigest(), "writer": TAR_WRITER}
     path = out / f"{prefix[:-1]}.build.json"
     if resume and path.exists():
         old = json.loads(path.read_text())

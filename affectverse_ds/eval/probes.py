@@ -10,10 +10,10 @@ import torch
 
 from affectverse_ds.eval.intervals import mean_interval
 from affectverse_ds.eval.report import ImaginationRow
-from affectverse_ds.model.ewm import EmotionWorldModule, adaptive_pool_matrix
+from affectverse_ds.model.ewm import MODALITIES, EmotionWorldModule, adaptive_pool_matrix
 
 PREDICTORS = ("ewm", "repeat_last", "mean_observed")
-STREAMS = ("v", "a")
+STREAMS = MODALITIES  # the EWM's stream order: its m-th down-projection and imagination module are STREAMS[m]
 MAMA_SAMPLES = 16  # dual-modality samples averaged per heatmap (Fig. 3 shows a handful of validation clips)
 
 

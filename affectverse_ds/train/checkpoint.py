@@ -29,15 +29,11 @@ import torch
 
 from affectverse_ds.config import AffectVerseConfig, dump_config
 from affectverse_ds.train import distributed as dist
-from affectverse_ds.train.export import (  # the export lives beside its loading; one error class for both
-    STEP_RE as _STEP_RE, CheckpointError, export_trainable)
+from affectverse_ds.train.export import (  # the export beside its loading: one error class, one step-folder name
+    STEP_RE as _STEP_RE, CheckpointError, export_trainable, step_tag)
 
 COMPLETE = "COMPLETE"
 INTEGRITY = "INTEGRITY.json"
-
-
-def step_tag(step: int) -> str:
-    return f"step_{step:06d}"
 
 
 def complete_checkpoints(ckpt_dir: str | Path) -> list[Path]:

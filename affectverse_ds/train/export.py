@@ -23,10 +23,15 @@ from safetensors.torch import load_file, save_file
 from affectverse_ds.config import AffectVerseConfig, dump_config, load_config
 
 EXPORT_DIR = "export"
-STEP_RE = re.compile(r"^step_(\d{6,})$")  # a checkpoint folder: step_000100 (train.checkpoint.step_tag)
+STEP_RE = re.compile(r"^step_(\d{6,})$")  # a checkpoint folder: step_000100, as step_tag names it
 MODEL_SECTIONS = ("lora", "ewm", "injection")  # what a checkpoint's own config decides; the rest is the user's
 EWM_FILE = "ewm.safetensors"
 ADAPTER_FILE = Path("lora") / "adapter_model.safetensors"
+
+
+def step_tag(step: int) -> str:
+    """The folder name of the checkpoint saved at ``step`` (what :data:`STEP_RE` matches)."""
+    return f"step_{step:06d}"
 
 
 class CheckpointError(ValueError):

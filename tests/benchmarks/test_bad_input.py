@@ -10,6 +10,7 @@ import pytest
 
 from affectverse_ds.benchmarks import get_benchmark
 from affectverse_ds.benchmarks.layouts import subtitle_note
+from affectverse_ds.data.media import MediaError, decode_clip
 from affectverse_ds.safe_pickle import UnsafePickleError, load_npz
 from data_prep.make_fixtures import (
     BENCHMARKS, LABEL_KINDS, MEDIA_KINDS, OFFICIAL, SHORT_SECONDS, SUBTITLE_KINDS, applicable_injections, make_fixture,
@@ -21,6 +22,11 @@ REASONS = {  # a planted label-level kind -> what its rejection reason says
     "nan": ("score is nan",),
     "dup": ("duplicate name",),
     "nomedia": ("no media file",),
+}
+DECODER_REASONS = {  # a planted media kind the decoder refuses -> how its reason starts (.mp4 or .avi)
+    "corrupt": ("unreadable video",),
+    "truncated": ("unreadable video", "truncated video"),
+    "zerolen": ("no video stream", "empty video"),
 }
 
 
@@ -80,10 +86,11 @@ def test_media_faults_are_kept_for_the_decoder(scan_fixture, name):
     assert all(i.reject is None and i.video.is_file() for i in items)  # media problems are not the scanner's
     with pytest.raises(av.error.FFmpegError):
         probe(by_kind["corrupt"].video)
-    try:  # an .mp4 cut short loses its index and does not open; an .avi opens and ends early
+    if name == "meld":  # an .mp4 cut short loses its index and does not open
+        with pytest.raises(av.error.FFmpegError):
+            probe(by_kind["truncated"].video)
+    else:  # an .avi opens and ends early
         assert probe(by_kind["truncated"].video)[1] < 25  # every fixture clip is >= 1 s at 25 fps
-    except av.error.FFmpegError:
-        pass
     assert by_kind["noaudio"].audio is None and probe(by_kind["noaudio"].video)[0] == ["video"]
     assert probe(by_kind["zerolen"].video)[1] == 0
     assert probe(by_kind["short"].video)[1] == round(SHORT_SECONDS * 25)
@@ -95,6 +102,13 @@ def test_media_faults_are_kept_for_the_decoder(scan_fixture, name):
     clean = next(i for i in items if i.name not in {v.name for v in by_kind.values()})
     kinds_clean, n_frames, width, height, _, _ = probe(clean.video)
     assert kinds_clean == ["audio", "video"] and (width, height) == (160, 120) and 25 <= n_frames <= 50
+    # the decoder the shard builder runs turns each unusable clip into a one-line manifest reason
+    for kind, reasons in DECODER_REASONS.items():
+        item = by_kind[kind]
+        with pytest.raises(MediaError) as err:
+            decode_clip(item.video, item.audio, item.segment)
+        reason = str(err.value)
+        assert reason.startswith(reasons) and "\n" not in reason, (kind, reason)
 
 
 def test_iemocap_official_media_faults_get_their_own_dialog(scan_fixture):

@@ -143,6 +143,17 @@ def test_resume_refuses_changed_settings(tmp_path, built):
                     progress=False, resume=True)
 
 
+def test_resume_refuses_a_build_another_tar_writer_started(tmp_path, built):
+    """Shards of an older writer (members in another order) are never mixed with new ones in one split."""
+    items, out, _ = built
+    record = out / "meld-test.build.json"
+    older = json.loads(record.read_text())
+    del older["writer"]  # what a build before the webdataset.TarWriter switch recorded
+    record.write_text(json.dumps(older))
+    with pytest.raises(ValueError, match=r"cannot resume .*\(writer\)"):
+        _build(items, tmp_path, out, workers=1, resume=True)
+
+
 def test_two_splits_share_one_folder(tmp_path, make_clip):
     out = tmp_path / "shards"
     clip = make_clip("c.mp4")
