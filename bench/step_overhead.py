@@ -11,6 +11,8 @@ AffectVerse so drift hits both alike. Memory: autograd-saved activations
 (exact, any device) and, on CUDA, peak allocated memory above the weights.
 The AffectVerse step is broken down into towers+embedding, the full-observation
 pass, EWM, host-side planning and the second pass (forward; backward is the rest).
+The EWM's other context source (the leak-free "past" default vs the literal "full",
+issue 15) runs side by side on the same weights: ``step_time_ratio_context_<other>``.
 Target (issue 3): AffectVerse step <= 1.3x the baseline step; at 7B widths (issue 17) <= 1.2x.
 """
 from __future__ import annotations
@@ -160,9 +162,17 @@ def compare(affect: am.AffectVerseModel, cfg: AffectVerseConfig, batches: list[d
     base_cfg.ewm.enabled, base_cfg.ewm.temporal_split = False, False
     baseline = am.AffectVerseModel(affect.thinker, None, base_cfg)
     plain = am.AffectVerseModel(affect.thinker, affect.ewm, cfg, share_prefix=False)
-    models = {"baseline": baseline.train(), "affectverse": affect.train(), "affectverse_no_prefix_sharing": plain.train()}
+    # the other EWM context (issue 15): leak-free "past" vs the literal Algorithm 1 "full", same weights
+    other_cfg = copy.deepcopy(cfg)
+    other_cfg.ewm.context_source = "full" if cfg.ewm.context_source == "past" else "past"
+    other = am.AffectVerseModel(affect.thinker, affect.ewm, other_cfg)
+    other_name = f"affectverse_context_{other_cfg.ewm.context_source}"
+    models = {"baseline": baseline.train(), "affectverse": affect.train(), "affectverse_no_prefix_sharing": plain.train(),
+              other_name: other.train()}
     if not plain_variant:
         del models["affectverse_no_prefix_sharing"]
+    if not cfg.ewm.enabled:
+        del models[other_name]
     times: dict[str, list[float]] = {k: [] for k in models}
     peaks: dict[str, int] = {k: 0 for k in models}
     gens = {k: torch.Generator().manual_seed(0) for k in models}
@@ -189,6 +199,9 @@ def compare(affect: am.AffectVerseModel, cfg: AffectVerseConfig, batches: list[d
         "step_time_ratio": round(med["affectverse"] / med["baseline"], 3),
         "step_time_ratio_no_prefix_sharing": (round(med["affectverse_no_prefix_sharing"] / med["baseline"], 3)
                                               if plain_variant else None),
+        "context_source": cfg.ewm.context_source,
+        f"step_time_ratio_context_{other_cfg.ewm.context_source}": (
+            round(med[other_name] / med["baseline"], 3) if other_name in med else None),
         "saved_activations_mb": {k: round(v / 2**20, 2) for k, v in saved.items()},
         "saved_activation_ratio": round(saved["affectverse"] / max(saved["baseline"], 1), 3),
         "affectverse_phase_ms": phase_ms,
