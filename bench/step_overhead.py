@@ -122,6 +122,30 @@ class Phases:
         setattr(owner, name, timed)
 
 
+def decoder_columns(model, batches: list[dict]) -> dict[str, float]:
+    """Token columns the decoder runs per step, with and without grad (mean over ``batches``).
+
+    At real widths the decoder's FLOPs follow these counts; on the tiny CPU model the number of decoder
+    calls (each a fixed overhead) weighs as much, so the two are reported beside the step times.
+    """
+    cols = {"grad": 0, "no_grad": 0, "calls": 0}
+    fn = model._decoder
+
+    def counted(x, *args, **kwargs):
+        cols["grad" if torch.is_grad_enabled() else "no_grad"] += x.shape[0] * x.shape[1]
+        cols["calls"] += 1
+        return fn(x, *args, **kwargs)
+
+    model._decoder = counted
+    try:
+        gen = torch.Generator().manual_seed(0)
+        for batch in batches:
+            model(batch, generator=gen)  # the graph is dropped with the output
+    finally:
+        del model._decoder  # the instance attribute; the class's method shows again
+    return {k: round(v / len(batches), 1) for k, v in cols.items()}
+
+
 def saved_activation_bytes(model, batch, generator) -> int:
     """Bytes autograd keeps for backward in one training forward (unique storages, parameters excluded)."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -183,6 +207,7 @@ def compare(affect: am.AffectVerseModel, cfg: AffectVerseConfig, batches: list[d
                 times[name].append(dt)
                 peaks[name] = max(peaks[name], peak)
     saved = {k: saved_activation_bytes(m, batches[0], torch.Generator().manual_seed(0)) for k, m in models.items()}
+    columns = {k: decoder_columns(m, batches) for k, m in models.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
     # phase breakdown: the same batches once more through AffectVerse with timers around its pieces
     phases = Phases(affect, device)
@@ -202,6 +227,7 @@ def compare(affect: am.AffectVerseModel, cfg: AffectVerseConfig, batches: list[d
         "context_source": cfg.ewm.context_source,
         f"step_time_ratio_context_{other_cfg.ewm.context_source}": (
             round(med[other_name] / med["baseline"], 3) if other_name in med else None),
+        "decoder_columns_per_step": columns,
         "saved_activations_mb": {k: round(v / 2**20, 2) for k, v in saved.items()},
         "saved_activation_ratio": round(saved["affectverse"] / max(saved["baseline"], 1), 3),
         "affectverse_phase_ms": phase_ms,

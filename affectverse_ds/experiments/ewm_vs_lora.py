@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -171,17 +172,21 @@ def run(args: argparse.Namespace) -> dict:
         process_dir, shards = prepare(art, args, variant)
         for seed in range(args.seeds):
             base = out / variant / f"seed{seed}"
-            ckpts = {}
+            ckpts, trained = {}, False
             for name, model_extra in MODELS.items():
                 done = latest_checkpoint(base / name / "checkpoints") if (base / name).is_dir() else None
-                ckpts[name] = done or demo.train(name, shards, base, [f"train.seed={seed}", *extra, *model_extra],
-                                                 base / "logs")  # a rerun reuses finished trainings
+                if done is None:  # a rerun reuses finished trainings (a killed one starts again)
+                    shutil.rmtree(base / name, ignore_errors=True)
+                    done, trained = demo.train(name, shards, base, [f"train.seed={seed}", *extra, *model_extra],
+                                               base / "logs"), True
+                ckpts[name] = done
             results = base / "results"
-            demo._run([demo._bin("torchrun"), "--nproc_per_node", "2", "--master_port", str(demo.free_port()),
-                       "launch/evaluate.py", "--checkpoint", *(str(c) for c in ckpts.values()),
-                       "--config", demo.CONFIG, "--benchmarks", "affectdyn", "--modality", "avt",
-                       "--keep-ratio", keep, "--mode", "rank", "--no-probe", "--out", str(results),
-                       f"data.shard_dir={shards}", f"eval.wheel_dir={wheel_dir}"], base / "logs" / "evaluate.log")
+            if trained or not (results / "affectdyn.json").is_file():  # ... and their finished evaluation
+                demo._run([demo._bin("torchrun"), "--nproc_per_node", "2", "--master_port", str(demo.free_port()),
+                           "launch/evaluate.py", "--checkpoint", *(str(c) for c in ckpts.values()),
+                           "--config", demo.CONFIG, "--benchmarks", "affectdyn", "--modality", "avt",
+                           "--keep-ratio", keep, "--mode", "rank", "--no-probe", "--out", str(results),
+                           f"data.shard_dir={shards}", f"eval.wheel_dir={wheel_dir}"], base / "logs" / "evaluate.log")
             runs = json.loads((results / "affectdyn.json").read_text())["runs"]
             labels = sorted({r["model"] for r in runs})
             for name, ckpt in ckpts.items():
