@@ -80,6 +80,28 @@ def init_distributed(info: DistInfo) -> None:
         os.environ.setdefault(key, str(value))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    if backend == "gloo":
+        release_shm_buffer(os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", ""), info.rank)
+
+
+def shm_buffer_path(addr: str, port: str, rank: int) -> str:
+    """The /dev/shm segment of DeepSpeed's CPU all-reduce (``ops/csrc/cpu/comm/shm.cpp``) for this rank."""
+    return f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
+
+
+def release_shm_buffer(addr: str, port: str, rank: int) -> None:
+    """Remove the name of this rank's DeepSpeed shared-memory segment once every rank has mapped them all.
+
+    DeepSpeed's CPU shm all-reduce creates one segment per rank (66 MB) and never removes it, so each
+    CPU run left its segments in /dev/shm (RAM): measured 204 of them, 14 GB, after a day of test and
+    demo launches on this machine. Its init returns only after the rank has mapped every other rank's
+    segment, so after a barrier no rank needs a name any more; the mappings stay valid, and the memory
+    is freed when the processes exit (a crashed run leaks nothing either).
+    """
+    path = shm_buffer_path(addr, port, rank)
+    barrier()  # every rank past DeepSpeed's init: every segment is mapped by every rank
+    if os.path.exists(path):
+        os.unlink(path)
 
 
 def is_initialized() -> bool:
