@@ -96,7 +96,7 @@ def release_shm_buffer(addr: str, port: str, rank: int) -> None:
     CPU run left its segments in /dev/shm (RAM): measured 204 of them, 14 GB, after a day of test and
     demo launches on this machine. Its init returns only after the rank has mapped every other rank's
     segment, so after a barrier no rank needs a name any more; the mappings stay valid, and the memory
-    is freed when the processes exit (a crashed run leaks nothing either).
+    is freed when the processes exit (a run that crashes after its start leaks nothing either).
     """
     path = shm_buffer_path(addr, port, rank)
     barrier()  # every rank past DeepSpeed's init: every segment is mapped by every rank
