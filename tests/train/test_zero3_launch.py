@@ -52,17 +52,8 @@ def _losses(run: Path) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_backbone_dir, tmp_path_factory):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_train_conftest", Path(__file__).with_name("conftest.py"))
-    conftest = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(conftest)
-    base = tmp_path_factory.mktemp("zero3")
-    shards = base / "shards"
-    write = conftest.data_helpers().write_test_shards
-    write(shards, [4, 3], seconds=1.0, frame_size=56)
-    write(shards, [3], benchmark="cmumosi", seconds=1.0, frame_size=56)
+def runs(tiny_backbone_dir, two_benchmark_shards, tmp_path_factory):
+    base, shards = tmp_path_factory.mktemp("zero3"), two_benchmark_shards
     _launch("ds_configs/zero2.json", shards, tiny_backbone_dir, base / "zero2")
     _launch("ds_configs/zero3.json", shards, tiny_backbone_dir, base / "zero3", "train.stop_after_steps=2")
     first = sorted(p.name for p in (base / "zero3" / "checkpoints").glob("step_*"))
