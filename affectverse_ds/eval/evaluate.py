@@ -128,4 +128,6 @@ def run_evaluation(config: str | Path, checkpoints: Sequence[str], *, overrides:
     if outcome is not None:
         dist.print0(f"[eval] wrote {len(outcome.files)} files under {out_dir}/ "
                     f"(summary: {Path(out_dir) / 'summary.md'})", info=info)
+    if info.world_size > 1:
+        dist.shutdown()  # the other ranks wait for rank 0's writing instead of exiting under it
     return outcome

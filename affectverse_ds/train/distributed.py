@@ -104,6 +104,19 @@ def release_shm_buffer(addr: str, port: str, rank: int) -> None:
         os.unlink(path)
 
 
+def shutdown() -> None:
+    """Wait for every rank, then tear the process group down.
+
+    Without it a rank exits while a peer still works in the group (rank 0 scoring and writing after the
+    last gather). Once in six 2-rank evaluations here a rank aborted ("terminate called without an active
+    exception", SIGABRT); exiting under a live gloo group is the likely cause. Call on the success path
+    only: a rank that raised never arrives.
+    """
+    if is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def is_initialized() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
