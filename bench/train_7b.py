@@ -4,7 +4,7 @@
 
 ``--layers 2`` runs the 7B-shaped model (the real config with the decoder cut to 2 layers, 2 vision blocks and
 2 audio layers, as ``affectverse_ds.tools.make_shaped_backbone`` writes it). Beside the measured peak it
-prints the planner's prediction for the same run (``affectverse_ds.plan``: weights + gradients + optimizer
+prints the planner's prediction for the same run (``affectverse_ds.memory_plan``: weights + gradients + optimizer
 state + activations, no runtime reserve; plain AdamW here, so the planner's fp32 master copy of the 35M
 trainable parameters, ~0.1 GB, is counted but not allocated).
 
@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_overhead import random_thinker, synthetic_batch, thinker_from_config  # noqa: E402  (bench helper beside this file)
 
-from affectverse_ds import plan, preflight  # noqa: E402
+from affectverse_ds import memory_plan, preflight  # noqa: E402
 from affectverse_ds.config import load_config  # noqa: E402
 from affectverse_ds.tools.make_shaped_backbone import shaped_thinker_config  # noqa: E402
 from affectverse_ds.model.affect_model import assemble_model  # noqa: E402
@@ -42,8 +42,8 @@ def shaped_random_thinker(layers: int, device) -> torch.nn.Module:
 
 
 def predicted_peak_gb(cfg, layers: int, batch: int, tokens_per_sample: int) -> float:
-    counts = plan.count_parameters(cfg, None if layers == 28 else shaped_thinker_config(layers=layers))
-    mem = plan.memory_plan(counts, plan.load_coeffs(), 1, batch, tokens_per_sample,
+    counts = memory_plan.count_parameters(cfg, None if layers == 28 else shaped_thinker_config(layers=layers))
+    mem = memory_plan.memory_plan(counts, memory_plan.load_coeffs(), 1, batch, tokens_per_sample,
                            cfg.backbone.gradient_checkpointing, 2, reserve_gb=0.0)
     return mem.peak / 2**30
 

@@ -2,9 +2,9 @@
 
 DeepSpeed already divides the loss by the gradient-accumulation steps; nothing
 here divides again. Every rank runs the same number of micro-batches per epoch,
-whole accumulation windows only (``train/plan.py``), so ZeRO-2's collective calls
+whole accumulation windows only (``train/run_length.py``), so ZeRO-2's collective calls
 always pair up and every epoch ends on an optimizer step. The run's length comes
-from one :class:`~affectverse_ds.train.plan.RunPlan`: the loop, the scheduler, the
+from one :class:`~affectverse_ds.train.run_length.RunPlan`: the loop, the scheduler, the
 progress bar and the logged ETA all read it. The last step always saves a checkpoint.
 """
 from __future__ import annotations

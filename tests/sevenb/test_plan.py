@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from affectverse_ds import plan
+from affectverse_ds import memory_plan as plan
 from affectverse_ds.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]

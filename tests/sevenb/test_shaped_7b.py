@@ -191,7 +191,7 @@ PLAN_TOLERANCE = 0.35
 def test_gradients_dtypes_positions_and_planner_in_process(shaped):
     """build_model (the EWM fp32 beside the bf16 thinker): LoRA and EWM get finite gradients; the unmodified
     real-width sequence's 3D M-RoPE ids equal the thinker's get_rope_index; the planner predicts the peak."""
-    from affectverse_ds import plan
+    from affectverse_ds import memory_plan
     from affectverse_ds.config import load_config
     from affectverse_ds.model.backbone import read_thinker_config
     from affectverse_ds.data.loader import build_train_loader
@@ -239,9 +239,9 @@ def test_gradients_dtypes_positions_and_planner_in_process(shaped):
     assert any(n.startswith("ewm.down") for n in reached), reached  # through the belief tokens to the input side
 
     measured = (_proc_status_kb("VmHWM") - base_kb) * 1024
-    counts = plan.count_parameters(cfg, read_thinker_config(cfg.backbone.path))
+    counts = memory_plan.count_parameters(cfg, read_thinker_config(cfg.backbone.path))
     width = batch["input_ids"].shape[1]
-    predicted = plan.memory_plan(counts, plan.load_coeffs(), world=1, micro=b, tokens=width, checkpointing=False,
+    predicted = memory_plan.memory_plan(counts, memory_plan.load_coeffs(), world=1, micro=b, tokens=width, checkpointing=False,
                                  zero=2, reserve_gb=0.0, optimizer=False).peak
     print(f"in-process step: peak RSS above start {measured / 2**30:.3f} GiB, planner {predicted / 2**30:.3f} GiB "
           f"({predicted / measured - 1:+.1%})")

@@ -1,6 +1,6 @@
 """Memory and time plan of a training run, before any GPU is touched.
 
-    python -m affectverse_ds.plan --config launch/configs/affectverse_7b.yaml --gpus 8 --gpu-memory-gb 80 \
+    python -m affectverse_ds.memory_plan --config launch/configs/affectverse_7b.yaml --gpus 8 --gpu-memory-gb 80 \
         [--mfu 0.35] [--gpu-tflops 989] [--tokens-per-sample N] [--zero 2] [key=value ...]
 
 Parameters are counted on the meta-device thinker (``backbone.arch_config``), LoRA from the shapes of the
