@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from affectverse_ds import preflight
 from affectverse_ds.config import ConfigError, load_config
 from affectverse_ds.data.loader import LoaderError
@@ -37,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, BackboneError, LoaderError, CheckpointError, FileNotFoundError, preflight.PreflightError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except torch.cuda.OutOfMemoryError as err:  # one line with the way out, not a CUDA allocator dump
+        first = str(err).splitlines()[0] if str(err) else "out of memory"
+        print(f"error: {first}; lower train.micro_batch (raising train.grad_accum keeps the global batch) or set "
+              f"backbone.gradient_checkpointing=true; `python -m affectverse_ds.memory_plan --config "
+              f"{args.config}` predicts the peak", file=sys.stderr)
+        return 3
     if not result.finished:
         why = {"signal": "a signal (SIGTERM/SIGUSR1)", "stop_after_steps": "train.stop_after_steps"}[result.stop_reason]
         print(f"stopped by {why} at step {result.steps}; resume with --resume auto", file=sys.stderr)

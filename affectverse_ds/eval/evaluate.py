@@ -119,12 +119,13 @@ def run_evaluation(config: str | Path, checkpoints: Sequence[str], *, overrides:
         for name in benchmarks:
             get_benchmark(name)  # unknown names fail before any model is built
     info = dist.dist_info_from_env()
+    device = dist.pick_device(info)  # before the group: NCCL binds to the current CUDA device
     if info.world_size > 1:
         dist.init_distributed(info)
     plan = EvalPlan(list(checkpoints), benchmarks=list(benchmarks) if benchmarks else None,
                     modalities=cfg.eval.modalities, keep_ratios=cfg.eval.keep_ratios, mode=cfg.eval.mode,
                     out_dir=out_dir, max_batches=max_batches, probe=probe)
-    outcome = evaluate(cfg, plan, info)
+    outcome = evaluate(cfg, plan, info, device)
     if outcome is not None:
         dist.print0(f"[eval] wrote {len(outcome.files)} files under {out_dir}/ "
                     f"(summary: {Path(out_dir) / 'summary.md'})", info=info)

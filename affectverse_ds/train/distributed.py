@@ -71,7 +71,11 @@ def pick_device(info: DistInfo) -> torch.device:
 
 
 def init_distributed(info: DistInfo) -> None:
-    """Start the process group (NCCL on CUDA, gloo on CPU) through DeepSpeed."""
+    """Start the process group (NCCL on CUDA, gloo on CPU) through DeepSpeed.
+
+    Call :func:`pick_device` first: NCCL binds each rank's communicator to the current CUDA device, and
+    the object collectives (``all_gather_object``) stage their bytes there.
+    """
     import deepspeed
 
     # DeepSpeed reads the standard variables; export them when SLURM started us.
@@ -113,7 +117,7 @@ def shutdown() -> None:
     only: a rank that raised never arrives.
     """
     if is_initialized():
-        torch.distributed.barrier()
+        barrier()
         torch.distributed.destroy_process_group()
 
 
@@ -121,13 +125,32 @@ def is_initialized() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+def backend_device() -> torch.device:
+    """Where the process group's collectives take their tensors: NCCL takes CUDA tensors only (on the
+    rank's current device; a CPU tensor fails with "No backend type associated with device type cpu"),
+    gloo takes CPU tensors."""
+    if is_initialized() and torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    return t.cpu()
+
+
 def barrier() -> None:
-    if is_initialized():
+    if not is_initialized():
+        return
+    if backend_device().type == "cuda":  # NCCL's barrier on the rank's own device, not a guessed one
+        torch.distributed.barrier(device_ids=[torch.cuda.current_device()])
+    else:
         torch.distributed.barrier()
 
 
 def all_gather_object(obj: Any) -> list[Any]:
-    """Every rank's ``obj`` in rank order (a one-element list when not distributed)."""
+    """Every rank's ``obj`` in rank order (a one-element list when not distributed).
+
+    torch stages the pickled bytes on the current CUDA device under NCCL (set by :func:`pick_device`)."""
     if not is_initialized():
         return [obj]
     out: list[Any] = [None] * torch.distributed.get_world_size()
@@ -143,12 +166,21 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def all_reduce_max(value: float) -> float:
+def all_reduce(values: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """``values`` reduced over ranks (``op``: "sum" or "max"), returned on the host.
+
+    The one tensor collective: it moves the host values to :func:`backend_device` first, so the same call
+    works under gloo and NCCL."""
     if not is_initialized():
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return float(t.item())
+        return values
+    ops = {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX}
+    t = values.to(backend_device())
+    torch.distributed.all_reduce(t, op=ops[op])
+    return _to_host(t)
+
+
+def all_reduce_max(value: float) -> float:
+    return float(all_reduce(torch.tensor([value], dtype=torch.float64), "max")[0])
 
 
 def print0(*args: Any, info: DistInfo | None = None, **kwargs: Any) -> None:

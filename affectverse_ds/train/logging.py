@@ -90,8 +90,12 @@ class MetricsLogger:
 
 
 def peak_memory_gb(device: torch.device) -> float:
+    """On CUDA the peak allocated since the last call (so each logged step shows its own peak, not the run's
+    largest so far); on CPU the process's peak RSS, which cannot be reset."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+        torch.cuda.reset_peak_memory_stats(device)
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB -> GiB

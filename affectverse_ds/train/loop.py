@@ -86,8 +86,8 @@ class Trainer:
 
         self.cfg = cfg
         self.info = dist.dist_info_from_env()
+        self.device = dist.pick_device(self.info)  # before the group: NCCL binds to the current CUDA device
         dist.init_distributed(self.info)
-        self.device = dist.pick_device(self.info)
         self.out_dir = Path(cfg.train.out_dir)
         torch.manual_seed(cfg.train.seed)  # identical EWM initialisation on every rank
         self.tokenizer = load_tokenizer(cfg.backbone.path)
@@ -150,7 +150,7 @@ class Trainer:
             # start_batch: the loader skips (undecoded) exactly the micro-batches an uninterrupted run consumed
             epoch, start = self.position["epoch"], self.position["micro_in_epoch"]
             loader = self.build_loader(cfg, self.tokenizer, rank=info.rank, world=info.world_size,
-                                       epoch=epoch, start_batch=start)
+                                       epoch=epoch, start_batch=start, pin_memory=self.device.type == "cuda")
             for batch in loader:
                 self._micro_step(batch, acc)
                 self.position["micro_in_epoch"] += 1
@@ -267,10 +267,8 @@ class _StepAccumulator:
     def finish(self, trainer: Trainer) -> dict[str, float]:
         elapsed = time.perf_counter() - self.t0
         keys = sorted(self.sums)
-        local = torch.tensor([self.sums[k] / self.micro for k in keys] + [float(self.tokens[k]) for k in self.tokens],
-                             dtype=torch.float64)
-        if dist.is_initialized():
-            torch.distributed.all_reduce(local)
+        local = dist.all_reduce(torch.tensor([self.sums[k] / self.micro for k in keys]
+                                             + [float(self.tokens[k]) for k in self.tokens], dtype=torch.float64))
         world = trainer.info.world_size
         means = {k: float(local[i]) / world for i, k in enumerate(keys)}
         tok = {k: float(local[len(keys) + i]) for i, k in enumerate(self.tokens)}

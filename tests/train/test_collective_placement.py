@@ -1,0 +1,110 @@
+"""Collectives on CUDA: NCCL takes tensors on the rank's CUDA device only, and refuses host tensors with
+"No backend type associated with device type cpu". Every multi-rank test here runs gloo on CPU, where host
+tensors are right, so none of them can see a CPU tensor handed to NCCL; this file emulates NCCL's rule.
+
+The emulation: the backend's device is a device that is not the CPU (``meta``, the only other one a CPU
+build of torch has), and the emulated ``all_reduce`` refuses any tensor that is not on it, exactly as NCCL
+refuses host tensors. The first optimizer step of a CUDA run reaches both reductions tested below.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+from affectverse_ds.train import distributed as dist
+from affectverse_ds.train import loop
+
+PACKAGE = Path(__file__).resolve().parents[2] / "affectverse_ds"
+
+
+@pytest.fixture
+def emulated_nccl(monkeypatch):
+    """A live process group whose backend takes ``meta`` tensors only; returns the tensors it was given."""
+    seen: list[torch.Tensor] = []
+
+    def all_reduce(tensor, op=None, group=None, async_op=False):
+        if tensor.device != torch.device("meta"):
+            raise RuntimeError(f"No backend type associated with device type {tensor.device.type}")
+        seen.append(tensor)
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "backend_device", lambda: torch.device("meta"))
+    # a meta tensor holds no values to read back: the host copy of a reduction over one rank is its input's shape
+    monkeypatch.setattr(dist, "_to_host", lambda t: torch.zeros(t.shape, dtype=t.dtype))
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 1)
+    return seen
+
+
+def test_stop_flag_reduction_runs_on_the_backend_device(emulated_nccl):
+    assert dist.all_reduce_max(1.0) == 0.0  # the emulated host copy (zeros): the call went through
+    assert len(emulated_nccl) == 1 and emulated_nccl[0].dtype == torch.float64
+
+
+def test_step_metrics_reduction_runs_on_the_backend_device(emulated_nccl):
+    """``_StepAccumulator.finish``: the per-step loss and token sums all-reduced at every optimizer step."""
+
+    class Engine:
+        def get_global_grad_norm(self):
+            return None
+
+    class Trainer:
+        info = dist.DistInfo(0, 1, 0, "127.0.0.1", 0, "single")
+        cfg = type("Cfg", (), {"train": type("T", (), {"micro_batch": 2})()})()
+        engine = Engine()
+        flops = type("F", (), {"step_flops": staticmethod(lambda *a: 1.0)})()
+        peak = None
+        device = torch.device("cpu")
+
+    acc = loop._StepAccumulator()
+    out = type("Out", (), {"loss": torch.tensor(2.0), "lm_loss": torch.tensor(1.5), "img_loss": torch.tensor(0.5),
+                           "metrics": {}})()
+    acc.add(out, {"tokens": 10, "video": 4, "audio": 3, "text": 3, "patches": 8, "mel": 20})
+    scalars = acc.finish(Trainer())
+    assert len(emulated_nccl) == 1 and emulated_nccl[0].numel() == 3 + 6  # 3 losses + 6 token counts, one call
+    assert set(scalars) >= {"loss/total", "loss/lm", "loss/imagine", "tokens_per_s/video"}
+
+
+def test_backend_device_follows_the_backend(monkeypatch):
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda group=None: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert dist.backend_device() == torch.device("cuda", 3)
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda group=None: "gloo")
+    assert dist.backend_device() == torch.device("cpu")
+
+
+def distributed_calls(source: str, filename: str) -> list[int]:
+    """Lines that call or import ``torch.distributed`` (``torch.distributed.x(...)``, ``import torch.distributed``,
+    ``from torch.distributed import ...``, ``from torch import distributed``)."""
+    lines = []
+    for node in ast.walk(ast.parse(source, filename=filename)):
+        if isinstance(node, ast.Attribute) and node.attr == "distributed" and \
+                isinstance(node.value, ast.Name) and node.value.id == "torch":
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Import) and any(a.name.startswith("torch.distributed") for a in node.names):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and node.module and (
+                node.module.startswith("torch.distributed")
+                or (node.module == "torch" and any(a.name == "distributed" for a in node.names))):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_scan_sees_the_call_the_loop_had():
+    old = "def finish(local):\n    if dist.is_initialized():\n        torch.distributed.all_reduce(local)\n"
+    assert distributed_calls(old, "<old loop>") == [3]
+    assert distributed_calls("from torch import distributed as d\n", "<x>") == [1]
+
+
+def test_only_the_distributed_module_touches_torch_distributed():
+    """One module places every collective's tensors (:func:`dist.backend_device`); nothing goes around it."""
+    own = PACKAGE / "train" / "distributed.py"
+    modules = [p for p in sorted(PACKAGE.rglob("*.py")) if p != own]
+    assert len(modules) > 50
+    hits = [f"{p.relative_to(PACKAGE.parent)}:{line}" for p in modules
+            for line in distributed_calls(p.read_text(encoding="utf-8"), str(p))]
+    assert not hits, "torch.distributed used outside train/distributed.py:\n" + "\n".join(hits)
