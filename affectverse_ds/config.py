@@ -12,6 +12,8 @@ silently ignores an unknown key (``data.bogus=1`` passes) and reports multi-line
 from __future__ import annotations
 
 import dataclasses
+import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from affectverse_ds import safe_yaml
 
 class ConfigError(ValueError):
     """A config key, type or value is wrong; the message names the key."""
@@ -197,9 +200,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     tree: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = safe_yaml.load_file(path) or {}
+        except safe_yaml.YamlRefused as err:
+            raise ConfigError(str(err)) from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
         tree = loaded
@@ -220,7 +226,10 @@ def _apply_override(tree: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"{key}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        node[parts[-1]] = safe_yaml.loads(raw, f"override {key.strip()}") if raw.strip() else ""
+    except safe_yaml.YamlRefused as err:
+        raise ConfigError(str(err)) from None
 
 
 def _build(cls: type, values: Any, prefix: str) -> Any:
@@ -228,9 +237,9 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(str(k) for k in set(values) - names)  # str: YAML keys may be numbers or null
     if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
+        raise ConfigError(f"{prefix}{_show(unknown[0])[1:-1]}: unknown key (known: {', '.join(sorted(names))})")
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
@@ -241,8 +250,25 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+# error messages show at most this much of a value: a value built from aliases may be large when expanded
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxstring, _SHOW.maxother = 2, 4, 4, 60, 60
+
+
+def _show(value: Any) -> str:
+    return _SHOW.repr(value)
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``hint``; ints are accepted where floats are expected."""
+    """Check ``value`` against the annotation ``hint``; ints are accepted where floats are expected, and every
+    float must be finite (``.inf`` / ``.nan`` are valid YAML and would turn the run's losses into NaN)."""
+    result = _coerce_type(value, hint, key)
+    if hint is float and not math.isfinite(result):
+        raise ConfigError(f"{key}: {result} is not a finite number")
+    return result
+
+
+def _coerce_type(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -251,7 +277,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: {value!r} is not {_type_name(hint)}")
+        raise ConfigError(f"{key}: {_show(value)} is not {_type_name(hint)}")
     if hint is type(None):
         if value is None:
             return None
@@ -259,14 +285,14 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if origin is Literal:
         if value in args:
             return value
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        raise ConfigError(f"{key}: {_show(value)} is not one of {', '.join(map(repr, args))}")
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {_show(value)}")
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {_show(value)}")
         return {_coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -275,12 +301,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         try:
             return float(value)
         except ValueError:
-            raise ConfigError(f"{key}: expected float, got {value!r}") from None
+            raise ConfigError(f"{key}: expected float, got {_show(value)}") from None
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{key}: expected {hint.__name__}, got a boolean")
     if isinstance(value, hint):
         return value
-    raise ConfigError(f"{key}: expected {_type_name(hint)}, got {type(value).__name__} {value!r}")
+    raise ConfigError(f"{key}: expected {_type_name(hint)}, got {type(value).__name__} {_show(value)}")
 
 
 def _type_name(hint: Any) -> str:

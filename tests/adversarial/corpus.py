@@ -264,3 +264,46 @@ def long_audio_clip(path: str | Path, *, video_seconds: float = 2.0, audio_secon
             out.mux(sound.encode(frame))
         out.mux(sound.encode())
     return path
+
+
+# ----------------------------------------------------------------------------- hostile YAML (issue #26)
+
+
+def _alias_bomb(levels: int = 9, fan: int = 10) -> bytes:
+    """Billion laughs: each level lists the previous one ``fan`` times; ``fan ** levels`` strings once expanded
+    (10^9 here) from a 400-byte file. The value sits under ``train.lr`` so a float check would format it."""
+    lines = ['l0: &l0 "' + "ha" * 8 + '"']
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * fan) + "]")
+    return ("\n".join(lines) + f"\ntrain:\n  lr: *l{levels - 1}\n").encode()
+
+
+def _merge_bomb(levels: int = 9) -> bytes:
+    """The same through YAML merge keys (``<<``), which the constructor expands into new dicts."""
+    lines = ["m0: &m0 {a: 1, b: 2}"]
+    for i in range(1, levels):
+        lines.append(f"m{i}: &m{i} " + "{" + ", ".join(f"k{j}: *m{i - 1}" for j in range(10)) + "}")
+    return ("\n".join(lines) + f"\ntrain:\n  <<: *m{levels - 1}\n").encode()
+
+
+# kind -> (what it is, the bytes of a config file); every one must be a one-line ConfigError naming the file
+CONFIG_KINDS: dict[str, tuple[str, bytes]] = {
+    "python_object_tag": ("!!python/object/apply:os.system (would run a shell command)",
+                          b'train:\n  out_dir: !!python/object/apply:os.system ["echo pwned > PWNED"]\n'),
+    "python_name_tag": ("!!python/name:builtins.eval", b"train:\n  lr: !!python/name:builtins.eval\n"),
+    "custom_tag": ("a local tag (!include)", b"train: !include other.yaml\n"),
+    "alias_bomb": ("billion laughs under train.lr (10^9 strings expanded)", _alias_bomb()),
+    "merge_bomb": ("billion laughs through << merge keys", _merge_bomb()),
+    "alias_cycle": ("an anchor that contains its own alias", b"train: &t {out_dir: [*t]}\n"),
+    "deep_100k": ("a value nested 100 000 levels", b"train: " + b"[" * 100_000 + b"]" * 100_000 + b"\n"),
+    "not_utf8": ("latin-1 bytes", b"train:\n  out_dir: caf\xe9\n"),
+    "nul_byte": ("a NUL character", b"train:\n  out_dir: a\x00b\n"),
+    "huge_int": ("an integer of 10 000 digits", b"train:\n  seed: 1" + b"0" * 10_000 + b"\n"),
+    "oversize": ("a 2 MB comment", b"#" + b"x" * (2 << 20) + b"\n"),
+    "two_documents": ("two YAML documents", b"train: {}\n---\ntrain: {}\n"),
+    "non_finite_lr": ("train.lr: .inf", b"train:\n  lr: .inf\n"),
+    "non_finite_lambda": ("ewm.lambda_img: .inf", b"ewm:\n  lambda_img: .inf\n"),
+    "nan_grad_clip": ("train.grad_clip: .nan", b"train:\n  grad_clip: .nan\n"),
+    "overflow_float": ("train.lr: 1e999 (reads as inf)", b"train:\n  lr: 1e999\n"),
+    "numeric_keys": ("a section keyed by a number", b"1: {}\ntrain: {}\n"),
+}

@@ -1,0 +1,163 @@
+"""Hostile YAML (issue #26) through the one reader configs and checkpoints' ``export/config.yaml`` share:
+every kind in ``corpus.CONFIG_KINDS`` is a one-line ConfigError naming the file (or the key, for a value that
+parses but is not finite), nothing in it runs, and the memory attacks stay within 100 MB of an ordinary config.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from affectverse_ds.config import ConfigError, dump_config, load_config
+
+sys.path.insert(0, str(Path(__file__).parent))
+import corpus  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "launch" / "configs" / "tiny.yaml"
+# kinds that parse as YAML but hold a value the config refuses: the message names the key, not the file
+KEY_KINDS = {"non_finite_lr": "train.lr", "non_finite_lambda": "ewm.lambda_img", "nan_grad_clip": "train.grad_clip",
+             "overflow_float": "train.lr", "numeric_keys": "1: unknown key"}
+MEMORY_KINDS = ["alias_bomb", "merge_bomb", "deep_100k", "oversize"]
+MEMORY_MARGIN_MB = 100
+
+
+def _one_line_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 400, message
+    return message
+
+
+@pytest.mark.parametrize("kind", list(corpus.CONFIG_KINDS))
+def test_every_hostile_config_is_one_line_naming_the_file(kind, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the tag attack would write PWNED here
+    path = tmp_path / f"{kind}.yaml"
+    path.write_bytes(corpus.CONFIG_KINDS[kind][1])
+    message = _one_line_error(path)
+    assert (KEY_KINDS[kind] if kind in KEY_KINDS else str(path)) in message
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("override, key", [("train.lr=.inf", "train.lr"), ("ewm.lambda_img=.inf", "ewm.lambda_img"),
+                                           ("train.grad_clip=.nan", "train.grad_clip"),
+                                           ("eval.keep_ratios=[.nan]", "eval.keep_ratios[0]"),
+                                           ("data.train_benchmarks={meld: .inf}", "data.train_benchmarks.meld"),
+                                           ("train.out_dir=!!python/name:os.system", "override train.out_dir")])
+def test_hostile_overrides_are_one_line_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(TINY, [override])
+    assert str(err.value).startswith(f"{key}:") and "\n" not in str(err.value)
+
+
+def test_anchors_and_merge_keys_within_bounds_still_load(tmp_path):
+    path = tmp_path / "anchors.yaml"
+    path.write_text("train:\n  <<: {micro_batch: 2, grad_accum: 3}\n  lr: &rate 1.0e-3\newm:\n  lambda_img: *rate\n")
+    cfg = load_config(path)
+    assert (cfg.train.micro_batch, cfg.train.grad_accum, cfg.train.lr, cfg.ewm.lambda_img) == (2, 3, 1e-3, 1e-3)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs")
+def test_fifo_config_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    code = ("from affectverse_ds.config import load_config, ConfigError\n"
+            f"try:\n    load_config({str(fifo)!r})\nexcept ConfigError as e:\n    print(e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"{fifo}: refused: a FIFO, not a regular file"
+
+
+# ----------------------------------------------------------------------------- a shared checkpoint's config
+
+
+@pytest.mark.parametrize("kind", ["alias_bomb", "python_object_tag", "deep_100k", "not_utf8"])
+def test_hostile_checkpoint_config_is_one_line_naming_it(kind, tmp_path, monkeypatch):
+    from affectverse_ds.train.export import model_config
+
+    monkeypatch.chdir(tmp_path)
+    export = tmp_path / "step_000001" / "export"
+    export.mkdir(parents=True)
+    (export / "config.yaml").write_bytes(corpus.CONFIG_KINDS[kind][1])
+    with pytest.raises(ConfigError) as err:
+        model_config(load_config(TINY), export)
+    assert str(export / "config.yaml") in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_evaluator_refuses_a_checkpoint_whose_config_is_a_bomb(tmp_path, tiny_backbone_dir, capsys):
+    """The attack as a user meets it: ``launch/evaluate.py`` pointed at a shared checkpoint."""
+    from test_corpus import _module
+
+    evaluate_tests = _module(REPO / "tests" / "eval" / "test_evaluate.py")
+    eval_conftest = _module(REPO / "tests" / "eval" / "conftest.py")
+    shards = tmp_path / "shards"
+    corpus.write_corpus_shards(shards, split="test", n_good=2, kinds=[])
+    eval_conftest.write_tiny_wheels(tmp_path / "reference" / "emotion_wheel")
+    cfg = evaluate_tests.tiny_eval_config(tiny_backbone_dir, shards, tmp_path / "reference")
+    ckpt = evaluate_tests.make_checkpoint(cfg, tmp_path / "ckpt" / "step_000001", 1)
+    (ckpt / "export" / "config.yaml").write_bytes(corpus.CONFIG_KINDS["alias_bomb"][1])
+    launch = _module(REPO / "launch" / "evaluate.py")
+    capsys.readouterr()  # the checkpoint maker's own progress bars
+    rc = launch.main(["--config", str(dump_config(cfg, tmp_path / "eval.yaml")), "--benchmarks", "meld",
+                      "--mode", "rank", "--out", str(tmp_path / "results"), "--no-probe",
+                      "--checkpoint", str(ckpt / "export")])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1 and "aliases expand" in lines[0], lines
+    assert str(ckpt / "export" / "config.yaml") in lines[0]
+
+
+# ----------------------------------------------------------------------------- peak memory
+
+
+# One process per reader: ordinary input first, then each attack; ru_maxrss is a high-water mark, so the
+# figure after an attack is the most the process held at any point until then.
+_MEASURE = """
+import json, resource, sys
+from affectverse_ds.config import ConfigError, load_config
+where, tiny, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
+if where == "checkpoint":
+    from affectverse_ds.train.export import model_config
+    base = load_config(tiny)
+    read = lambda p: model_config(base, p)
+else:
+    read = load_config
+rows = []
+for p in paths:
+    try:
+        read(p)
+        outcome = "loaded"
+    except ConfigError as err:
+        outcome = str(err)
+    rows.append({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "outcome": outcome})
+print(json.dumps(rows))
+"""
+
+
+@pytest.mark.parametrize("where", ["config", "checkpoint"])
+def test_memory_attacks_stay_within_100_mb_of_an_ordinary_config(where, tmp_path, capsys):
+    """Peak RSS after each attack against the peak after loading tiny.yaml the same way, in one process."""
+    paths = []
+    for name, content in [("ordinary", TINY.read_bytes())] + [(k, corpus.CONFIG_KINDS[k][1]) for k in MEMORY_KINDS]:
+        folder = tmp_path / name / "export"
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_bytes(content)
+        paths.append(str(folder if where == "checkpoint" else folder / "config.yaml"))
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, where, str(TINY), *paths], capture_output=True,
+                          text=True, timeout=120, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ordinary, *attacks = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert ordinary["outcome"] == "loaded"
+    report = [f"{where}: ordinary {ordinary['maxrss_mb']:.0f} MB"]
+    for kind, row in zip(MEMORY_KINDS, attacks):
+        assert row["outcome"] != "loaded" and "\n" not in row["outcome"]
+        assert row["maxrss_mb"] - ordinary["maxrss_mb"] < MEMORY_MARGIN_MB, (kind, row, ordinary)
+        report.append(f"{kind} {row['maxrss_mb']:.0f} MB")
+    with capsys.disabled():
+        print("\npeak RSS " + ", ".join(report))
