@@ -38,9 +38,10 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 from PIL import Image
 
-from affectverse_ds.data.schema import FPS, FRAME_SIZE, MAX_FRAMES, SAMPLE_RATE
+from affectverse_ds.data.schema import (  # noqa: F401  (frame_count: media's public name too)
+    FPS, FRAME_SIZE, MAX_FRAMES, SAMPLE_RATE, TIME_EPS as _EPS, audio_length, frame_count,
+)
 
-_EPS = 1e-6  # float slack when comparing timestamps with the k / fps grid
 
 
 class MediaError(Exception):
@@ -85,16 +86,6 @@ class Clip:
     audio: np.ndarray | None
     duration: float
     notes: list[str] = field(default_factory=list)
-
-
-def frame_count(duration: float, fps: float = FPS) -> int:
-    """Number of sampled frames of a clip: the ``k`` with ``k / fps < duration``."""
-    return max(0, math.ceil(duration * fps - _EPS))
-
-
-def audio_length(duration: float, sample_rate: int = SAMPLE_RATE) -> int:
-    """Number of audio samples stored for a clip of ``duration`` seconds."""
-    return max(0, round(duration * sample_rate))
 
 
 def decode_clip(

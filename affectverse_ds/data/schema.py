@@ -145,6 +145,20 @@ def validate_meta(meta: Any) -> list[str]:
 # ----------------------------------------------------------------------------- one sample's members
 
 
+TIME_EPS = 1e-6  # float slack when comparing timestamps with the k / fps grid
+
+
+# The stored clip's sizes, derived from its duration: here (not in media.py, which decodes with PyAV) so that
+# checking a shard sample needs no video decoder and schema <-> media is one arrow, media -> schema.
+def frame_count(duration: float, fps: float = FPS) -> int:
+    """Number of sampled frames of a clip: the ``k`` with ``k / fps < duration``."""
+    return max(0, math.ceil(duration * fps - TIME_EPS))
+
+
+def audio_length(duration: float, sample_rate: int = SAMPLE_RATE) -> int:
+    """Number of audio samples stored for a clip of ``duration`` seconds."""
+    return max(0, round(duration * sample_rate))
+
 @dataclass
 class CheckedSample:
     """A sample that passed :func:`check_sample`: its metadata, frame JPEGs in order and float32 audio (or None)."""
@@ -231,8 +245,6 @@ def check_sample(raw: Mapping[str, Any], *, strict: bool = False) -> tuple[list[
     Returns:
         (problems, sample): one line per problem without the key, and the parsed sample when there is none.
     """
-    from affectverse_ds.data.media import audio_length, frame_count  # media imports this module
-
     members = {k: v for k, v in raw.items() if not k.startswith("__")}
     odd = sorted(k for k, v in members.items() if not isinstance(v, (bytes, bytearray)))
     if odd:
