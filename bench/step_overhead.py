@@ -273,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", default=None, help="(--7b-shapes) a make_shaped_backbone folder, loaded in bf16")
     parser.add_argument("--no-plain", action="store_true", help="skip the no-prefix-sharing variant (slow CPUs)")
     parser.add_argument("--json", default=None, help="also write the result here")
+    parser.add_argument("--summary", default=None, help="record the result into DIR/summary.json (bench/gpu_check.sh)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
@@ -306,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.summary:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from gpu.phases import record
+
+        record(Path(args.summary), "d_overhead", {**result, "ok": True})
     return 0
 
 

@@ -84,6 +84,7 @@ def init_distributed(info: DistInfo) -> None:
         os.environ.setdefault(key, str(value))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    print0(f"process group: {backend}, world {info.world_size}", info=info)
     if backend == "gloo":
         release_shm_buffer(os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", ""), info.rank)
 
