@@ -144,6 +144,9 @@ class TrainConfig:
     save_each_epoch: bool = False  # also save at the end of every epoch
     keep_last: int = 3  # complete checkpoints kept; the newest is never deleted
     log_every: int = 10
+    # optimizer steps in a row with a non-finite loss or gradient (each skipped) before the run stops unsaved
+    # (train/nonfinite.py has the whole policy)
+    max_nonfinite_steps: int = 10
 
 
 # evaluation modality setting -> (video, audio, subtitle) given to the model; "avt" is training and the paper's
@@ -345,6 +348,7 @@ def validate(cfg: AffectVerseConfig) -> None:
     _check(t.keep_last >= 1, "train.keep_last", "must be >= 1")
     _check(t.save_every >= 1, "train.save_every", "must be >= 1 (optimizer steps between checkpoints)")
     _check(t.log_every >= 1, "train.log_every", "must be >= 1")
+    _check(t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "must be >= 1")
     _check(t.seed >= 0, "train.seed", "must be >= 0 (numpy seeds the shard order with it)")
     _check(d.num_workers >= 0, "data.num_workers", "must be >= 0 (0: load in the training process)")
     _check(d.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")

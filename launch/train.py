@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
               f"backbone.gradient_checkpointing=true; `python -m affectverse_ds.memory_plan --config "
               f"{args.config}` predicts the peak", file=sys.stderr)
         return 3
+    if result.stop_reason == "nonfinite":
+        print(f"error: {result.message}", file=sys.stderr)
+        return 4
     if not result.finished:
         why = {"signal": "a signal (SIGTERM/SIGUSR1)", "stop_after_steps": "train.stop_after_steps"}[result.stop_reason]
         print(f"stopped by {why} at step {result.steps}; resume with --resume auto", file=sys.stderr)

@@ -23,9 +23,10 @@ from affectverse_ds.data.batch import AUDIO_TOKEN_ID, VIDEO_TOKEN_ID, to_device
 from affectverse_ds.train import checkpoint as ckpt
 from affectverse_ds.train import distributed as dist
 from affectverse_ds.train.logging import FlopCounter, MetricsLogger, device_peak_tflops, peak_memory_gb
+from affectverse_ds.train.nonfinite import NonFiniteGuard
 
 
-STOP_REASONS = ("end", "signal", "stop_after_steps")
+STOP_REASONS = ("end", "signal", "stop_after_steps", "nonfinite")
 
 
 @dataclass
@@ -34,12 +35,16 @@ class TrainResult:
 
     stop_reason: "end" (the plan's last step: train.max_steps or the last epoch), "signal" (SIGTERM/SIGUSR1)
         or "stop_after_steps" (train.stop_after_steps); the last two leave the schedule unfinished.
+        "nonfinite": stopped without saving (train/nonfinite.py); ``message`` says why in one line.
+    skipped_steps: optimizer steps DeepSpeed skipped for a non-finite gradient (or with a non-finite loss).
     """
 
     steps: int
     losses: list[float] = field(default_factory=list)  # mean loss per optimizer step (over ranks and micro-batches)
     stop_reason: str = "end"
     last_checkpoint: Path | None = None
+    skipped_steps: int = 0
+    message: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -103,6 +108,7 @@ class Trainer:
         self.flops = FlopCounter.from_model(self.model.thinker, sum(p.numel() for _, p in trainable))
         self.peak = device_peak_tflops(self.device)
         self.position = {"step": 0, "epoch": 0, "micro_in_epoch": 0}
+        self.nonfinite = NonFiniteGuard(cfg.train.max_nonfinite_steps)
         if resume:
             self._resume(resume)
         if self.position["micro_in_epoch"] >= self.plan.batches_per_epoch:  # saved at an epoch's last micro-batch
@@ -161,6 +167,10 @@ class Trainer:
                 if epoch_end:
                     self.position.update(epoch=epoch + 1, micro_in_epoch=0)
                 scalars = acc.finish(self)
+                if self.nonfinite.after_step(self.position["step"], scalars["loss/total"],
+                                             self.engine.was_step_applied()) and not self.engine.was_step_applied():
+                    self.engine.lr_scheduler.step()  # DeepSpeed did not: the LR stays a function of the step
+                scalars["train/skipped_steps"] = float(self.nonfinite.total)
                 # corrupt samples skipped so far in this epoch's loader, summed over ranks (issue #18)
                 scalars["data/skipped_samples"] = float(sum(dist.all_gather_object(loader.stats.skipped)))
                 result.losses.append(scalars["loss/total"])
@@ -175,6 +185,7 @@ class Trainer:
                                        f"the plan has {self.plan.batches_per_epoch}")
         stop.restore()
         result.steps, result.stop_reason = self.position["step"], reason
+        result.skipped_steps, result.message = self.nonfinite.total, self.nonfinite.stop_message
         self._check_ranks_agree()
         logger.close()
         if bar is not None:
@@ -195,15 +206,22 @@ class Trainer:
         step, t = self.position["step"], self.cfg.train
         signalled = dist.all_reduce_max(1.0 if stop.requested else 0.0) > 0  # every rank stops at the same step
         reason = None
-        if step >= self.total_steps:  # the plan's last step: finished, whatever else asked to stop here
+        if self.nonfinite.stop_message is not None:  # too many non-finite steps in a row: nothing worth saving
+            reason = "nonfinite"
+        elif step >= self.total_steps:  # the plan's last step: finished, whatever else asked to stop here
             reason = "end"
         elif signalled:
             reason = "signal"
         elif step - self.start_step == t.stop_after_steps:
             reason = "stop_after_steps"
         periodic = t.save_every > 0 and step % t.save_every == 0
-        if reason is not None or periodic or (epoch_end and t.save_each_epoch):
-            result.last_checkpoint = self._save()
+        if reason != "nonfinite" and (reason is not None or periodic or (epoch_end and t.save_each_epoch)):
+            if self.nonfinite.check_weights(self.model.trainable_parameters(), step):
+                result.last_checkpoint = self._save()
+            else:
+                reason = "nonfinite"
+        if reason == "nonfinite":
+            dist.print0(f"stopping: {self.nonfinite.stop_message}", info=self.info)
         if reason in ("signal", "stop_after_steps"):
             why = "a signal (SIGTERM/SIGUSR1)" if reason == "signal" else f"train.stop_after_steps={t.stop_after_steps}"
             dist.print0(f"stopping at step {step} of {self.total_steps} ({why}): saved {result.last_checkpoint}",
