@@ -10,7 +10,9 @@ trainable parameters, partitioned over the data-parallel ranks (ZeRO-2: optimize
 ZeRO-3: also the weights). Activations per micro-batch = micro x tokens x (base + layers x per-layer), with the
 per-token bytes measured on the 7B-shaped model (``affectverse_ds/plan_coeffs.json``, written by
 ``bench/activation_coeffs.py``, which records its command). Tokens per sample default to
-``data.max_seq_len`` (the budget's worst case). FLOPs per step use ``train.logging.FlopCounter``'s formula.
+``data.max_seq_len`` (the budget's worst case, and what a padded micro batch carries: the coefficients are
+per padded position, measured with the configured LoRA dropout and a padding mask, under which SDPA repeats
+K/V to every query head). The reserve adds the CUDA context and the allocator's slack (constants below). FLOPs per step use ``train.logging.FlopCounter``'s formula.
 """
 from __future__ import annotations
 
@@ -25,9 +27,13 @@ from affectverse_ds.config import AffectVerseConfig, ConfigError, load_config
 
 COEFFS = Path(__file__).resolve().parent / "plan_coeffs.json"
 GIB = 2**30
-# CUDA context, cuBLAS/flash workspaces and the caching allocator's slack: a fixed reserve per GPU (assumed,
-# not measured here; gpu_check.sh prints the real peak beside the prediction)
-RUNTIME_RESERVE_GB = 2.0
+# What PyTorch's allocated bytes do not show, per GPU (the reserve; both numbers assumed until a lent GPU
+# measures them: bench/gpu_check.sh records peak allocated and reserved beside this prediction):
+# - the CUDA context with cuBLAS/cuDNN workspaces and NCCL's communicator buffers, outside PyTorch's allocator;
+CUDA_CONTEXT_GB = 1.5
+# - the caching allocator's slack: reserved above allocated, from activations of differing sizes
+#   (a padded micro batch changes width every step), as a fraction of the allocated peak.
+ALLOCATOR_SLACK = 0.10
 
 
 @dataclass
@@ -108,8 +114,12 @@ def activation_bytes(coeffs: dict, layers: int, micro: int, tokens: int, checkpo
 
 
 def memory_plan(counts: ParamCounts, coeffs: dict, world: int, micro: int, tokens: int, checkpointing: bool,
-                zero: int, reserve_gb: float = RUNTIME_RESERVE_GB, optimizer: bool = True) -> MemoryPlan:
-    """DeepSpeed bf16 + ZeRO ``zero`` (2 or 3); ``optimizer=False``: a bare forward/backward (no Adam state)."""
+                zero: int, reserve_gb: float | None = None, optimizer: bool = True) -> MemoryPlan:
+    """DeepSpeed bf16 + ZeRO ``zero`` (2 or 3); ``optimizer=False``: a bare forward/backward (no Adam state).
+
+    ``reserve_gb``: None adds :data:`CUDA_CONTEXT_GB` and :data:`ALLOCATOR_SLACK` of the allocated peak; a
+    number replaces both (0: the allocated bytes alone, what a CPU process or ``max_memory_allocated`` shows).
+    """
     t = counts.trainable
     if zero >= 3:
         # frozen and trainable weights partitioned; the gathered working set is ~2 layers (current + prefetch)
@@ -121,14 +131,17 @@ def memory_plan(counts: ParamCounts, coeffs: dict, world: int, micro: int, token
     gradients = (2.0 * t if zero < 3 else 2.0 * t / world) + (4.0 * t / world if optimizer else 0.0)
     opt = 12.0 * t / world if optimizer else 0.0  # fp32 master + Adam m and v
     acts = activation_bytes(coeffs, counts.layers, micro, tokens, checkpointing)
-    return MemoryPlan(weights, gradients, opt, acts, reserve_gb * GIB)
+    allocated = weights + gradients + opt + acts
+    reserve = CUDA_CONTEXT_GB * GIB + ALLOCATOR_SLACK * allocated if reserve_gb is None else reserve_gb * GIB
+    return MemoryPlan(weights, gradients, opt, acts, reserve)
 
 
-def largest_micro_batch(counts, coeffs, world, tokens, checkpointing, zero, budget_bytes, limit=256) -> int:
+def largest_micro_batch(counts, coeffs, world, tokens, checkpointing, zero, budget_bytes, limit=256,
+                        reserve_gb: float | None = None) -> int:
     """The largest micro batch whose predicted peak fits ``budget_bytes`` (0: not even 1)."""
     best = 0
     for micro in range(1, limit + 1):
-        if memory_plan(counts, coeffs, world, micro, tokens, checkpointing, zero).peak > budget_bytes:
+        if memory_plan(counts, coeffs, world, micro, tokens, checkpointing, zero, reserve_gb).peak > budget_bytes:
             break
         best = micro
     return best

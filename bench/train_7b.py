@@ -42,7 +42,7 @@ def shaped_random_thinker(layers: int, device) -> torch.nn.Module:
     return thinker_from_config(shaped_thinker_config(layers=layers), device, torch.bfloat16)
 
 
-def predicted_peak_gb(cfg, layers: int, batch: int, tokens_per_sample: int, reserve_gb: float) -> float:
+def predicted_peak_gb(cfg, layers: int, batch: int, tokens_per_sample: int, reserve_gb: float | None) -> float:
     arch = None if layers == 28 else shaped_thinker_config(layers=layers)
     counts = memory_plan.count_parameters(cfg, arch)
     mem = memory_plan.memory_plan(counts, memory_plan.load_coeffs(), 1, batch, tokens_per_sample,
@@ -120,8 +120,9 @@ def measure(attn: str, args, cfg, device, measured_peak: float | None) -> dict:
                    peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2))
     # the planner at the padded width (what SDPA and the activations really hold) and at the mean
     for key, width in (("planner_padded_gib", padded), ("planner_mean_gib", per_sample)):
-        row[key] = round(predicted_peak_gb(cfg, args.layers, args.batch, width, memory_plan.RUNTIME_RESERVE_GB), 2)
-    row["planner_no_reserve_gib"] = round(predicted_peak_gb(cfg, args.layers, args.batch, padded, 0.0), 2)
+        row[key] = round(predicted_peak_gb(cfg, args.layers, args.batch, width, None), 2)
+    # against max_memory_allocated: the planner without its reserve (context and allocator slack)
+    row["planner_allocated_gib"] = round(predicted_peak_gb(cfg, args.layers, args.batch, padded, 0.0), 2)
     del model, opt
     if cuda:
         torch.cuda.empty_cache()

@@ -34,11 +34,11 @@ def test_memory_terms_follow_zero_partitioning():
 def test_largest_micro_batch_is_the_edge_of_the_budget():
     counts = plan.ParamCounts(frozen=10**6, lm=0, audio=0, vision=0, lora=0, ewm=0, layers=1, largest_layer=1)
     coeffs = dict(COEFFS, bytes_per_token_base=0.0)
-    one = plan.memory_plan(counts, coeffs, 1, 1, 100, False, 2).peak
+    one = plan.memory_plan(counts, coeffs, 1, 1, 100, False, 2, reserve_gb=0).peak
     per_sample = 100 * 1000
     budget = one + 4 * per_sample + 1
-    assert plan.largest_micro_batch(counts, coeffs, 1, 100, False, 2, budget) == 5
-    assert plan.largest_micro_batch(counts, coeffs, 1, 100, False, 2, one - 1) == 0
+    assert plan.largest_micro_batch(counts, coeffs, 1, 100, False, 2, budget, reserve_gb=0) == 5
+    assert plan.largest_micro_batch(counts, coeffs, 1, 100, False, 2, one - 1, reserve_gb=0) == 0
 
 
 def test_parameter_counts_match_the_assembled_model(tiny_backbone_dir):
@@ -94,3 +94,11 @@ def test_bad_arguments_exit_with_a_message(capsys):
         plan.main(["--config", str(PRESET), "--gpus", "8"])  # no --gpu-memory-gb
     assert plan.main(["--config", str(PRESET), "--gpus", "8", "--gpu-memory-gb", "80", "train.nope=1"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_the_reserve_holds_the_cuda_context_and_the_allocator_slack():
+    counts = plan.ParamCounts(frozen=10**9, lm=0, audio=0, vision=0, lora=10**6, ewm=0, layers=2, largest_layer=1)
+    bare = plan.memory_plan(counts, COEFFS, 1, 2, 100, False, 2, reserve_gb=0)
+    full = plan.memory_plan(counts, COEFFS, 1, 2, 100, False, 2)
+    assert bare.reserve == 0 and bare.peak == bare.weights + bare.gradients + bare.optimizer + bare.activations
+    assert full.reserve == pytest.approx(plan.CUDA_CONTEXT_GB * plan.GIB + plan.ALLOCATOR_SLACK * bare.peak)
