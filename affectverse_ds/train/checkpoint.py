@@ -58,7 +58,10 @@ def rng_state() -> dict[str, Any]:
         "python_gauss": random.getstate()[2],
         "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_gauss, np_cached],
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # this rank's own device only: ``get_rng_state_all`` would open a CUDA context on every visible GPU from
+        # every rank (under the deepspeed launcher each rank sees all 8: ~0.5 GiB each, 7 of them wasted per GPU),
+        # and restoring "all" fails when the resumed run sees another number of GPUs
+        "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() else [],
     }
 
 
@@ -69,7 +72,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, gauss, cached))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        states = state["cuda"]  # [this device's]; checkpoints before 2026-12-04 listed every visible device
+        torch.cuda.set_rng_state(states[torch.cuda.current_device() if len(states) > 1 else 0])
 
 
 def save_checkpoint(engine, model, cfg: AffectVerseConfig, step: int, client_state: dict[str, Any],

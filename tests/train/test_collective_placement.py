@@ -108,3 +108,27 @@ def test_only_the_distributed_module_touches_torch_distributed():
     hits = [f"{p.relative_to(PACKAGE.parent)}:{line}" for p in modules
             for line in distributed_calls(p.read_text(encoding="utf-8"), str(p))]
     assert not hits, "torch.distributed used outside train/distributed.py:\n" + "\n".join(hits)
+
+
+def test_rng_state_touches_only_this_ranks_gpu(monkeypatch):
+    """Saving every visible GPU's RNG state opens a CUDA context on each from every rank (8 ranks x 8 GPUs);
+    a checkpoint keeps the rank's own device, and restores onto it, older all-device lists included."""
+    from affectverse_ds.train import checkpoint as ckpt
+
+    mine, restored = torch.ByteTensor([1, 2, 3]), []
+
+    def every_device():
+        raise AssertionError("get_rng_state_all: a CUDA context on every visible GPU")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": mine)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", every_device)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", every_device)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(state))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
+    state = ckpt.rng_state()
+    assert state["cuda"] == [mine]
+    ckpt.set_rng_state(state)
+    old = dict(state, cuda=[torch.ByteTensor([i]) for i in range(4)])  # a checkpoint that listed 4 devices
+    ckpt.set_rng_state(old)
+    assert restored[0] is mine and int(restored[1][0]) == 2
