@@ -23,6 +23,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ds", required=True, help="DeepSpeed engine-policy JSON (ds_configs/zero2.json)")
     parser.add_argument("--config", required=True, help="AffectVerse YAML config (launch/configs/*.yaml)")
     parser.add_argument("--resume", default=None, help="'auto' (latest complete checkpoint) or a checkpoint folder")
+    parser.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                        help="with --resume: apply this changed config key (e.g. train.lr) from the resumed step "
+                             "instead of refusing the resume; recorded in the run's config_changes.jsonl")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     return parser.parse_args(argv)
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         preflight.for_training(cfg)  # seconds, before the model is built
         from affectverse_ds.train.loop import Trainer
 
-        result = Trainer(cfg, args.ds, resume=args.resume).train()
+        result = Trainer(cfg, args.ds, resume=args.resume, allow_change=tuple(args.allow_change)).train()
     except (ConfigError, BackboneError, LoaderError, CheckpointError, FileNotFoundError, preflight.PreflightError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import torch
 
+from affectverse_ds import safe_yaml
 from affectverse_ds.config import AffectVerseConfig, dump_config, to_dict
 from affectverse_ds.data.batch import AUDIO_TOKEN_ID, VIDEO_TOKEN_ID, to_device
 from affectverse_ds.train import checkpoint as ckpt
+from affectverse_ds.train import config_change
 from affectverse_ds.train import distributed as dist
 from affectverse_ds.train.logging import FlopCounter, MetricsLogger, device_peak_tflops, peak_memory_gb
 from affectverse_ds.train.nonfinite import NonFiniteGuard
@@ -83,7 +85,8 @@ def _token_counts(batch) -> dict[str, int]:
 class Trainer:
     """Owns the engine, the loader and the bookkeeping of one run."""
 
-    def __init__(self, cfg: AffectVerseConfig, ds_path: str | Path, resume: str | None = None) -> None:
+    def __init__(self, cfg: AffectVerseConfig, ds_path: str | Path, resume: str | None = None,
+                 allow_change: tuple[str, ...] = ()) -> None:
         from affectverse_ds.data.loader import build_train_loader, train_plan
         from affectverse_ds.model.affect_model import build_model
         from affectverse_ds.model.backbone import load_tokenizer
@@ -110,7 +113,7 @@ class Trainer:
         self.position = {"step": 0, "epoch": 0, "micro_in_epoch": 0}
         self.nonfinite = NonFiniteGuard(cfg.train.max_nonfinite_steps)
         if resume:
-            self._resume(resume)
+            self._resume(resume, set(allow_change))
         if self.position["micro_in_epoch"] >= self.plan.batches_per_epoch:  # saved at an epoch's last micro-batch
             self.position = {**self.position, "epoch": self.position["epoch"] + 1, "micro_in_epoch": 0}
         self.start_step = self.position["step"]
@@ -120,12 +123,27 @@ class Trainer:
 
     # ------------------------------------------------------------------ resume / save
 
-    def _resume(self, resume: str) -> None:
+    def _resume(self, resume: str, allow_change: set[str]) -> None:
         path = ckpt.resolve_resume(self.out_dir / "checkpoints", resume, self.info)  # verified, same on every rank
         if path is None:
             return
+        try:  # before loading: a changed weight shape would fail inside DeepSpeed with a size mismatch
+            saved = safe_yaml.load_file(path / "config.yaml")
+            changes = config_change.check_before_load(saved if isinstance(saved, dict) else {}, to_dict(self.cfg),
+                                                      allow_change)
+        except (safe_yaml.YamlRefused, config_change.ConfigChangeError) as err:
+            raise ckpt.CheckpointError(str(err)) from None
         state = ckpt.load_checkpoint(self.engine, path, self.info)
         self.position = {k: state[k] for k in ("step", "epoch", "micro_in_epoch")}
+        if changes:
+            try:
+                config_change.check_position(changes, self.position["micro_in_epoch"], self.position["step"])
+                config_change.apply_optimizer(self.engine.lr_scheduler, changes, self.cfg.train.lr)
+            except config_change.ConfigChangeError as err:
+                raise ckpt.CheckpointError(str(err)) from None
+            if self.info.is_main:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                dist.print0(config_change.record(self.out_dir, self.position["step"], path, changes), info=self.info)
         gen_state = state.get("generators", {}).get(str(self.info.rank))
         if gen_state is not None:
             self.generator.set_state(gen_state)
