@@ -64,10 +64,21 @@ def dist_info_from_env(env: dict[str, str] | None = None) -> DistInfo:
 
 
 def pick_device(info: DistInfo) -> torch.device:
-    if torch.cuda.is_available():
-        torch.cuda.set_device(info.local_rank)
-        return torch.device("cuda", info.local_rank)
-    return torch.device("cpu")
+    """This rank's CUDA device (made current), else the CPU.
+
+    The deepspeed launcher and torchrun show every rank all the node's GPUs (the local rank picks one);
+    srun may instead bind one GPU per task (``--gpu-bind``, or a site default), so the task sees one device
+    whatever its local id: then that one is ours."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    count = torch.cuda.device_count()
+    index = 0 if count == 1 else info.local_rank
+    if index >= count:
+        raise RuntimeError(f"local rank {info.local_rank} but this process sees {count} CUDA devices "
+                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): one GPU per "
+                           f"rank on each node is needed")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def init_distributed(info: DistInfo) -> None:

@@ -132,3 +132,19 @@ def test_rng_state_touches_only_this_ranks_gpu(monkeypatch):
     old = dict(state, cuda=[torch.ByteTensor([i]) for i in range(4)])  # a checkpoint that listed 4 devices
     ckpt.set_rng_state(old)
     assert restored[0] is mine and int(restored[1][0]) == 2
+
+
+@pytest.mark.parametrize("visible,local,expected", [(8, 5, 5), (1, 5, 0), (4, 6, None)])
+def test_each_rank_takes_its_own_gpu(monkeypatch, visible, local, expected):
+    """All GPUs visible (deepspeed, torchrun): the local rank's; one visible (srun binding a GPU per task):
+    that one; fewer than the local ranks: a one-line error, not a CUDA 'invalid device ordinal' later."""
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    info = dist.DistInfo(local, 8, local, "127.0.0.1", 0, "slurm")
+    if expected is None:
+        with pytest.raises(RuntimeError, match="local rank 6 but this process sees 4 CUDA devices"):
+            dist.pick_device(info)
+    else:
+        assert dist.pick_device(info) == torch.device("cuda", expected) and current == [expected]
