@@ -78,3 +78,20 @@ def read_bounded(path: str | Path, limit: int, what: str = "file") -> bytes:
     if len(data) > limit:  # grew after the stat
         raise BoundedReadError(f"{path}: {what} is over the {limit}-byte limit")
     return data
+
+
+def read_zip_member(zf, name: str, limit: int, source: str | Path) -> bytes:
+    """One member of an open ``zipfile.ZipFile``, refused when it inflates past ``limit`` bytes.
+
+    The declared size is checked before anything is inflated; the read itself stops one byte past the limit,
+    so a member whose header lies about its size cannot inflate further either."""
+    info = zf.getinfo(name)
+    if info.file_size > limit:
+        raise BoundedReadError(f"{source}: member {name} inflates to {info.file_size} bytes, over the "
+                               f"{limit}-byte limit")
+    with zf.open(info) as member:
+        data = member.read(limit + 1)
+    if len(data) > limit:
+        raise BoundedReadError(f"{source}: member {name} inflates past the {limit}-byte limit "
+                               f"(its header declared {info.file_size})")
+    return data

@@ -16,6 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from affectverse_ds.bounded import open_regular, read_zip_member
+
+# the largest label member MER-UniBench ships is under 2 MB; an archive member that inflates past this is an
+# attack (a 4 GB zero-filled member compresses to 4 MB), refused before it is inflated
+MAX_NPZ_MEMBER = 64 << 20
+
 # (module, name) pairs a label pickle may reference. numpy moved ``core`` to
 # ``_core`` in 2.0; pickles written by either version name one or the other.
 _ALLOWED = {
@@ -71,11 +77,11 @@ def load_npz(path: str | Path) -> dict[str, Any]:
     unwrapped to the object they hold (the label dicts).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"label file not found: {path}")
     out: dict[str, Any] = {}
-    with zipfile.ZipFile(path) as zf:
+    with open_regular(path) as f, zipfile.ZipFile(f) as zf:  # a FIFO is refused, not waited on
         for member in zf.namelist():
             key = member[:-4] if member.endswith(".npy") else member
-            out[key] = _load_npy_member(zf.read(member))
+            out[key] = _load_npy_member(read_zip_member(zf, member, MAX_NPZ_MEMBER, path))
     return out

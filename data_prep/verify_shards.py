@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import webdataset as wds
 
+from affectverse_ds.bounded import BoundedReadError, check_regular, read_bounded
 from affectverse_ds.data import schema
 
 
@@ -46,7 +47,9 @@ def verify_dir(folder: Path) -> list[str]:
     if problems and not (folder / schema.SIZES_FILE).exists():
         return problems
     try:
-        sizes = json.loads((folder / schema.SIZES_FILE).read_text())
+        sizes = json.loads(read_bounded(folder / schema.SIZES_FILE, 16 << 20, schema.SIZES_FILE))
+    except BoundedReadError as err:
+        return problems + [str(err)]
     except (ValueError, RecursionError) as err:
         return problems + [f"{schema.SIZES_FILE} is not valid JSON: {type(err).__name__}: {err}"]
     if not isinstance(sizes, dict) or not all(isinstance(v, int) and v >= 0 for v in sizes.values()):
@@ -56,6 +59,14 @@ def verify_dir(folder: Path) -> list[str]:
     problems += [f"{schema.SIZES_FILE} lists missing shard {n}" for n in sizes if n not in on_disk]
     counts, keys = Counter(), Counter()
     urls = [str(folder / n) for n in sorted(sizes) if n in on_disk]
+    special = []
+    for url in urls:  # a FIFO or device in place of a shard would block the open: named, then not read
+        try:
+            check_regular(url)
+        except BoundedReadError as err:
+            problems.append(f"{Path(url).name}: {str(err).split(': ', 1)[1]}")
+            special.append(url)
+    urls = [u for u in urls if u not in special]
     for url in urls:
         # a tar error is one line and ends that shard only; every other shard and sample is still checked
         def unreadable(exn: Exception, url=url) -> bool:

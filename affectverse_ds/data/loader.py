@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from affectverse_ds.benchmarks import get_benchmark
 from affectverse_ds.config import AffectVerseConfig, ConfigError
+from affectverse_ds.bounded import BoundedReadError, check_regular, read_bounded
 from affectverse_ds.data import schema
 from affectverse_ds.data.batch import Batch
 from affectverse_ds.data.collator import DecodedSample, SampleEncoder, SampleError, collate
@@ -74,10 +75,12 @@ class Shard:
 def read_sizes(shard_dir: str | Path) -> dict[str, int]:
     """``sizes.json`` of a shard folder: shard file name -> sample count."""
     path = Path(shard_dir) / schema.SIZES_FILE
-    if not path.is_file():
+    if not path.exists():
         raise LoaderError(f"no {schema.SIZES_FILE} in {shard_dir}: build the shards with data_prep/build_shards.py")
     try:
-        sizes = json.loads(path.read_text())
+        sizes = json.loads(read_bounded(path, 16 << 20, schema.SIZES_FILE))
+    except BoundedReadError as err:
+        raise LoaderError(str(err)) from None
     except (ValueError, RecursionError) as err:
         raise LoaderError(f"{path} is not valid JSON ({type(err).__name__}: {err}); rebuild the shards") from None
     if not isinstance(sizes, dict) or not all(
@@ -89,6 +92,10 @@ def read_sizes(shard_dir: str | Path) -> dict[str, int]:
 def _check_readable_tar(path: Path) -> None:
     """A shard must at least start with a tar header: a garbage file is a one-line error at start, not a
     traceback from inside a loader worker (a bad sample inside a good tar is skipped and counted later)."""
+    try:
+        check_regular(path)  # a FIFO or device would block the open, in every worker
+    except BoundedReadError as err:
+        raise LoaderError(f"shard {err}; rebuild it or remove it from {schema.SIZES_FILE}") from None
     try:
         with tarfile.open(path, mode="r:") as tar:
             tar.next()

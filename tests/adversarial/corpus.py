@@ -307,3 +307,28 @@ CONFIG_KINDS: dict[str, tuple[str, bytes]] = {
     "overflow_float": ("train.lr: 1e999 (reads as inf)", b"train:\n  lr: 1e999\n"),
     "numeric_keys": ("a section keyed by a number", b"1: {}\ntrain: {}\n"),
 }
+
+
+# ----------------------------------------------------------------------------- archives and special files (issue #26)
+
+
+def npz_with_inflating_member(path: str | Path, inflated_mb: int = 512) -> Path:
+    """A MER-style label ``.npz`` (one pickled dict) plus an unused member of ``inflated_mb`` MB of zeros,
+    written in chunks: the file is ~0.5 MB, the member inflates to the full size."""
+    import zipfile
+
+    path = Path(path)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (inflated_mb << 20,)})
+    labels = io.BytesIO()
+    np.save(labels, np.array({"train_corpus": {"a": {"emo": "happy", "val": 1.0}}}, dtype=object),
+            allow_pickle=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        zf.writestr("label.npy", labels.getvalue())
+        with zf.open("unused.npy", "w", force_zip64=True) as member:
+            member.write(header.getvalue())
+            chunk = bytes(1 << 20)
+            for _ in range(inflated_mb):
+                member.write(chunk)
+    return path
