@@ -22,6 +22,19 @@ def _find_auto(node: Any, path: str = "") -> str | None:
     return None
 
 
+# DeepSpeed keys that fill_ds_config writes from the AffectVerse config: the one place each is set
+CONFIG_OWNED = {
+    "train_batch_size": "train.global_batch (micro x accumulation x world)",
+    "train_micro_batch_size_per_gpu": "train.micro_batch",
+    "gradient_accumulation_steps": "train.grad_accum",
+    "optimizer": "train.lr (with train.weight_decay; torch's AdamW)",
+    "scheduler": "train.warmup_ratio (the cosine schedule with warm-up)",
+    "bf16": "train.precision",
+    "fp16": "train.precision",
+    "gradient_clipping": "train.grad_clip",
+}
+
+
 def load_ds_config(path: str | Path) -> dict:
     """Read an engine-policy JSON; refuse ``"auto"`` (plain deepspeed.initialize drops it and bf16 falls off)."""
     path = Path(path)
@@ -32,9 +45,11 @@ def load_ds_config(path: str | Path) -> dict:
     hit = _find_auto(ds)
     if hit:
         raise ConfigError(f"{path}: {hit} is \"auto\"; write an explicit value (auto is silently dropped)")
-    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer"):
+    for key, owner in CONFIG_OWNED.items():
         if key in ds:
-            raise ConfigError(f"{path}: {key} belongs in the AffectVerse config (train.*), not the engine policy")
+            # refused rather than overwritten: an edit here that silently did nothing misled users before
+            raise ConfigError(f"{path}: {key} is set by the AffectVerse config ({owner}), not the engine policy: "
+                              f"remove it from the JSON and set {owner.split(' ')[0]}")
     if (ds.get("checkpoint") or {}).get("load_universal"):
         raise ConfigError(f"{path}: checkpoint.load_universal reads checkpoints with pickle (weights_only=False); "
                           f"resume accepts weights-only checkpoints only")
@@ -49,7 +64,7 @@ def fill_ds_config(ds: dict, cfg: AffectVerseConfig, world_size: int) -> dict:
     ds["gradient_accumulation_steps"] = t.grad_accum
     ds["train_batch_size"] = check_world(t, world_size)
     assert ds["train_batch_size"] == t.micro_batch * t.grad_accum * world_size
-    ds.setdefault("bf16", {})["enabled"] = t.precision == "bf16"
+    ds["bf16"] = {"enabled": t.precision == "bf16"}
     ds["gradient_clipping"] = t.grad_clip
     # torch's AdamW inside DeepSpeed: no JIT build of the fused CPU/GPU Adam on first use
     ds["optimizer"] = {"type": "AdamW", "params": {

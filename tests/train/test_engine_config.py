@@ -36,9 +36,8 @@ def test_dist_info_from_each_launcher():
 @pytest.mark.parametrize("path", DS_CONFIGS, ids=lambda p: p.name)
 def test_shipped_ds_configs_are_policy_only(path):
     ds = load_ds_config(path)
-    assert ds["bf16"]["enabled"] is True
+    assert "bf16" not in ds and "gradient_clipping" not in ds  # the AffectVerse config's (train.precision, grad_clip)
     assert ds["zero_optimization"]["contiguous_gradients"] is True
-    assert ds["gradient_clipping"] == 1.0
     raw = json.loads(path.read_text())
     raw.pop("_comment")
     assert '"auto"' not in json.dumps(raw)
@@ -46,8 +45,8 @@ def test_shipped_ds_configs_are_policy_only(path):
 
 def test_auto_and_batch_keys_are_refused(tmp_path):
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"bf16": {"enabled": "auto"}}))
-    with pytest.raises(ConfigError, match=r"bf16\.enabled.*auto"):
+    bad.write_text(json.dumps({"zero_optimization": {"stage": "auto"}}))
+    with pytest.raises(ConfigError, match=r"zero_optimization\.stage.*auto"):
         load_ds_config(bad)
     bad.write_text(json.dumps({"train_batch_size": 32}))
     with pytest.raises(ConfigError, match="train_batch_size"):
@@ -66,3 +65,14 @@ def test_batch_fields_filled_and_checked():
         fill_ds_config(ds, cfg, world_size=4)
     fp32 = load_config(REPO / "launch/configs/tiny.yaml")
     assert fill_ds_config(load_ds_config(REPO / "ds_configs/zero2.json"), fp32, 2)["bf16"]["enabled"] is False
+    assert ds["bf16"]["enabled"] is True and ds["gradient_clipping"] == cfg.train.grad_clip
+
+
+@pytest.mark.parametrize("key, owner", [("bf16", "train.precision"), ("fp16", "train.precision"),
+                                        ("gradient_clipping", "train.grad_clip"), ("scheduler", "train.warmup_ratio")])
+def test_a_key_the_config_owns_is_an_error_naming_its_owner(tmp_path, key, owner):
+    """Editing bf16 or gradient_clipping in the JSON used to do nothing (overwritten from the config, silently)."""
+    bad = tmp_path / "policy.json"
+    bad.write_text(json.dumps({key: {"enabled": True} if key in ("bf16", "fp16") else 1.0}))
+    with pytest.raises(ConfigError, match=rf"{key} is set by the AffectVerse config \({owner}"):
+        load_ds_config(bad)
