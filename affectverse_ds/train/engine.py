@@ -64,7 +64,9 @@ def fill_ds_config(ds: dict, cfg: AffectVerseConfig, world_size: int) -> dict:
     ds["gradient_accumulation_steps"] = t.grad_accum
     ds["train_batch_size"] = check_world(t, world_size)
     assert ds["train_batch_size"] == t.micro_batch * t.grad_accum * world_size
-    ds["bf16"] = {"enabled": t.precision == "bf16"}
+    # check_grad_overflow: ZeRO skips (on every rank alike) a step whose gradients are not finite; the loop's
+    # non-finite policy (train/nonfinite.py) counts those skips. Explicit: DeepSpeed's default could change.
+    ds["bf16"] = {"enabled": t.precision == "bf16", "check_grad_overflow": True}
     ds["gradient_clipping"] = t.grad_clip
     # torch's AdamW inside DeepSpeed: no JIT build of the fused CPU/GPU Adam on first use
     ds["optimizer"] = {"type": "AdamW", "params": {
