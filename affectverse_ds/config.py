@@ -41,9 +41,11 @@ class DataConfig:
     eval_benchmarks: list[str] = field(default_factory=lambda: [
         "mer2023", "mer2024", "meld", "iemocap", "cmumosi", "cmumosei", "sims", "simsv2", "ovmerd",
     ])
+    # the rate `predict` samples frames at and the planner assumes; training and evaluation take each sample's
+    # own rate from its shard (the builder's DecodeConfig: 3 FPS): the shards decide, this does not
     fps: float = 3.0
-    frame_size: int = 224
-    sample_rate: int = 16000
+    frame_size: int = 224  # frames enter the model at this side (shards store 224 px)
+    sample_rate: int = 16000  # Qwen2.5-Omni's Whisper feature extractor takes 16 kHz audio, nothing else
     max_seq_len: int = 1024
     max_audio_seconds: float = 30.0  # Whisper's window; longer audio is capped by the token budget
     min_frames: int = 2  # one temporal patch of the vision tower
@@ -140,7 +142,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     precision: Literal["bf16", "fp32"] = "bf16"
     seed: int = 42
-    save_every: int = 500  # optimizer steps between checkpoints (<= 0: none between); the last step always saves
+    save_every: int = 500  # optimizer steps between checkpoints (>= 1); the last step always saves
     save_each_epoch: bool = False  # also save at the end of every epoch
     keep_last: int = 3  # complete checkpoints kept; the newest is never deleted
     log_every: int = 10
@@ -353,13 +355,14 @@ def validate(cfg: AffectVerseConfig) -> None:
     _check(d.num_workers >= 0, "data.num_workers", "must be >= 0 (0: load in the training process)")
     _check(d.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
     _check(d.frame_size >= 28, "data.frame_size", "must be >= 28 (one 2x2 merge of 14 px patches)")
-    _check(d.sample_rate > 0, "data.sample_rate", "must be > 0")
+    _check(d.sample_rate == 16000, "data.sample_rate",
+           "must be 16000 (the Whisper feature extractor's rate: other rates would miscount the audio)")
     _check(d.max_audio_seconds > 0, "data.max_audio_seconds", "must be > 0")
     _check(d.min_frames >= 1, "data.min_frames", "must be >= 1")
     _check(d.max_seq_len >= 64, "data.max_seq_len", "must be >= 64")
     _check(0.0 <= d.input_modality_dropout <= 1.0, "data.input_modality_dropout", "must be in [0, 1]")
-    _check(d.fps > 0 and d.frame_size % 28 == 0, "data.frame_size",
-           "must be a multiple of 28 (patch 14 x merge 2)")
+    _check(d.fps > 0, "data.fps", "must be > 0")
+    _check(d.frame_size % 28 == 0, "data.frame_size", "must be a multiple of 28 (patch 14 x merge 2)")
     _check(all(w > 0 for w in d.train_benchmarks.values()), "data.train_benchmarks", "weights must be > 0")
     for m in cfg.eval.modalities:
         _check(m in MODALITY_SETTINGS, "eval.modalities", f"{m!r} is not one of {', '.join(MODALITY_SETTINGS)}")

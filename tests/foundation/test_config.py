@@ -66,6 +66,8 @@ def test_round_trip_through_run_dir(tmp_path):
     ("train.global_batch=7", "train.global_batch"),
     ("injection.positions=3", "injection.positions"),
     ("data.frame_size=100", "data.frame_size"),
+    ("data.fps=0", "data.fps"),  # was reported as a data.frame_size error
+    ("data.sample_rate=22050", "data.sample_rate"),  # the Whisper extractor takes 16 kHz: other rates miscount
     ("eval.modalities=[avt, xyz]", "eval.modalities"),
     ("lora.target_modules=q_proj", "lora.target_modules"),
     ("train=3", "train"),
