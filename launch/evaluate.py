@@ -10,10 +10,26 @@ fixed checkpoint and best-per-benchmark rows are added, labelled.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from pathlib import Path
 
 from affectverse_ds import preflight
 from affectverse_ds.config import ConfigError, load_config
+
+OVERRIDE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=")  # section.key=value, as load_config reads it
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of batches, not {value}")
+    return value
+
+
+def is_override(arg: str) -> bool:
+    """``section.key=value`` that is not an existing path (a checkpoint folder may hold '=' in its name)."""
+    return bool(OVERRIDE_RE.match(arg)) and not Path(arg).exists()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,14 +44,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="keep ratios, e.g. 1.0,0.7,0.5,0.3,0.1 (default: eval.keep_ratios)")
     p.add_argument("--mode", choices=["generate", "rank"], default=None, help="default: eval.mode")
     p.add_argument("--out", default="results", help="output folder (default: results)")
-    p.add_argument("--max-batches", type=int, default=None, help="at most this many batches per benchmark and setting per rank")
+    p.add_argument("--max-batches", type=positive_int, default=None, help="at most this many batches per benchmark and setting per rank")
     p.add_argument("--no-probe", action="store_true", help="skip Table 8 / MAMA heatmaps (fewer forward passes)")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
     args = p.parse_args(argv)
     # "--checkpoint A B data.num_workers=0": argparse hands trailing overrides to --checkpoint
-    args.overrides = [c for c in args.checkpoint if "=" in c] + args.overrides
-    args.checkpoint = [c for c in args.checkpoint if "=" not in c]
+    args.overrides = [c for c in args.checkpoint if is_override(c)] + args.overrides
+    args.checkpoint = [c for c in args.checkpoint if not is_override(c)]
     if not args.checkpoint:
         p.error("--checkpoint needs at least one folder")
     return args

@@ -42,6 +42,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import base_plus_ext
 
 from affectverse_ds.benchmarks import get_benchmark
 from affectverse_ds.config import AffectVerseConfig, ConfigError
@@ -105,13 +106,22 @@ def _check_readable_tar(path: Path) -> None:
 
 
 def list_shards(shard_dir: str | Path, benchmark: str, splits: Iterable[str]) -> list[Shard]:
-    """The shards of ``benchmark``'s ``splits`` in ``shard_dir``, sorted by name, with their sizes.json counts."""
+    """The shards of ``benchmark``'s ``splits`` in ``shard_dir``, sorted by name, with their sizes.json counts.
+
+    A shard ``sizes.json`` lists but the folder lacks is refused: the epoch would silently hold fewer samples
+    than the plan (and the learning-rate schedule) counts, and an evaluation would score a smaller test set."""
     shard_dir = Path(shard_dir)
     sizes = read_sizes(shard_dir)
     shards = []
     for split in splits:
-        pattern = schema.SHARD_PATTERN.split("{index")[0].format(benchmark=benchmark, split=split) + "*.tar"
+        prefix = schema.SHARD_PATTERN.split("{index")[0].format(benchmark=benchmark, split=split)
+        pattern = prefix + "*.tar"
         paths = sorted(shard_dir.glob(pattern))
+        gone = sorted(n for n in sizes if n.startswith(prefix) and n.endswith(".tar") and not (shard_dir / n).exists())
+        if gone:
+            raise LoaderError(f"{shard_dir / schema.SIZES_FILE} lists {len(gone)} shard(s) missing from the folder "
+                              f"({', '.join(gone[:5])}{', ...' if len(gone) > 5 else ''}): restore them or rebuild "
+                              f"the shards")
         if not paths:
             raise LoaderError(f"shard pattern {shard_dir / pattern} matches nothing")
         for p in paths:
@@ -120,6 +130,29 @@ def list_shards(shard_dir: str | Path, benchmark: str, splits: Iterable[str]) ->
             _check_readable_tar(p)
             shards.append(Shard(str(p), sizes[p.name]))
     return shards
+
+
+def check_unique_keys(shards: list[Shard]) -> None:
+    """Refuse a split whose sample keys repeat across (or within) its shards, in one line naming the first
+    key and both shards: an evaluation would score the repeated clips twice and report more samples than
+    clips (a split built twice into one folder does this). Reads tar headers only (no member is read)."""
+    seen: dict[str, str] = {}
+    for shard in shards:
+        name, last = Path(shard.path).name, None
+        try:
+            with tarfile.open(shard.path, mode="r:") as tar:
+                for member in tar:
+                    key = base_plus_ext(member.name)[0] if member.isfile() else None  # webdataset's own key
+                    if key is None or key == last:  # a sample's members are consecutive
+                        continue
+                    if key in seen:
+                        where = f"twice in {name}" if seen[key] == name else f"in both {seen[key]} and {name}"
+                        raise LoaderError(f"sample key {key} is {where} (a split written twice into one folder?): "
+                                          f"remove one copy; `python -m data_prep.verify_shards "
+                                          f"{Path(shard.path).parent}` lists every repeated key")
+                    seen[key], last = name, key
+        except (tarfile.TarError, OSError):
+            continue  # unreadable data is the loader's to count and skip, sample by sample
 
 
 @dataclass(frozen=True)

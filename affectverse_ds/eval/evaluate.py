@@ -43,6 +43,7 @@ import torch
 
 from affectverse_ds.benchmarks import get_benchmark
 from affectverse_ds.config import AffectVerseConfig, load_config
+from affectverse_ds.data.loader import check_unique_keys, list_shards
 from affectverse_ds.eval import report  # noqa: F401  (re-exported: callers use ev.report)
 from affectverse_ds.eval.gold import GoldSet, label_from_json, read_gold  # noqa: F401
 from affectverse_ds.eval.inference import (Candidate, EvalPlan, RankOutput, RunResult, SampleResult,  # noqa: F401
@@ -81,6 +82,11 @@ def evaluate(cfg: AffectVerseConfig, plan: EvalPlan, info: dist.DistInfo | None 
     labels = [r.label for r in refs]
     if len(set(labels)) != len(labels):
         raise ValueError(f"checkpoint labels must differ: {labels}")
+    for ref in refs:  # recorded in <benchmark>.json and summary.md too
+        if ref.unverified:
+            dist.print0(f"[eval] warning: {ref.unverified}", info=info)
+    for name in plan.benchmarks or cfg.data.eval_benchmarks:  # a repeated test sample would be scored twice
+        check_unique_keys(list_shards(cfg.data.shard_dir, name, [get_benchmark(name).test_split]))
     mine = run_rank(cfg, plan, info, device)
     parts = dist.all_gather_object(mine)
     if not info.is_main:

@@ -119,6 +119,11 @@ class EvalPlan:
     probe: bool = True
     write: bool = True
 
+    def __post_init__(self) -> None:
+        # 0 or a negative count evaluated nothing and reported every clip as unreadable media
+        if self.max_batches is not None and self.max_batches < 1:
+            raise ValueError(f"max_batches must be a positive number of batches, not {self.max_batches}")
+
 
 @dataclass
 class RunResult:

@@ -87,8 +87,10 @@ def run_scores(scored: dict[str, list[ScoredRun]]) -> list[RunScore]:
     return out
 
 
-def write_benchmark_json(path: Path, name: str, runs: list[ScoredRun], fixed: str) -> Path:
-    """``<out>/<benchmark>.json``: every run's score report, counts and predictions, and the best-per-benchmark pick."""
+def write_benchmark_json(path: Path, name: str, runs: list[ScoredRun], fixed: str,
+                         unverified: dict[str, str] | None = None) -> Path:
+    """``<out>/<benchmark>.json``: every run's score report, counts and predictions, the best-per-benchmark pick,
+    and the checkpoints evaluated unverified (label -> why: a step folder without COMPLETE)."""
     bench = get_benchmark(name)
     best: dict[str, dict[str, Any]] = {}
     for s in runs:
@@ -99,7 +101,7 @@ def write_benchmark_json(path: Path, name: str, runs: list[ScoredRun], fixed: st
     data = {
         "benchmark": name, "group": bench.group, "test_split": bench.test_split,
         "metric": runs[0].report.metric if runs else None, "fixed_checkpoint": fixed,
-        "best_per_benchmark": best,
+        "best_per_benchmark": best, "unverified_checkpoints": dict(unverified or {}),
         "runs": [{
             "model": s.run.model, "modality": s.run.modality, "keep_ratio": s.run.keep_ratio,
             "mode": s.run.mode_used, "score": None if math.isnan(s.report.main) else s.report.main,
@@ -132,7 +134,9 @@ def write_results(merged: RankOutput, cfg: AffectVerseConfig, plan: EvalPlan, fi
     out_dir.mkdir(parents=True, exist_ok=True)
     scored = score_all(merged, cfg, out_dir)
     scores = run_scores(scored)
-    files = [write_benchmark_json(out_dir / f"{name}.json", name, runs, fixed) for name, runs in scored.items()]
+    unverified = {ref.label: ref.unverified for ref in map(resolve_checkpoint, plan.checkpoints) if ref.unverified}
+    files = [write_benchmark_json(out_dir / f"{name}.json", name, runs, fixed, unverified)
+             for name, runs in scored.items()]
     imagination = [row for (model, _b, setting, k), sums in fidelity_by_setting(merged).items()
                    for row in sums.rows(model, setting, k)]
     plot_dir = out_dir / PLOTS_DIR
@@ -153,7 +157,7 @@ def write_results(merged: RankOutput, cfg: AffectVerseConfig, plan: EvalPlan, fi
         files.append(plots.plot_mama(mean, n_steps, path, title=f"MAMA attention, {model}, {report.display(bench)} "
                                                                    f"(mean of {sums.n} A+V+T samples)"))
         figures.append(f"![MAMA {model} {bench}]({PLOTS_DIR}/{path.name})")
-    files.append(write_summary(out_dir, scores, imagination, scored, fixed, figures))
+    files.append(write_summary(out_dir, scores, imagination, scored, fixed, figures, list(unverified.values())))
     return EvalOutcome(merged.runs, fixed, scores, imagination, files, scored)
 
 
@@ -166,10 +170,13 @@ def cfg_steps(cfg: AffectVerseConfig, plan: EvalPlan, model_label: str) -> int:
     return cfg.ewm.rollout_steps
 
 def write_summary(out_dir: Path, scores: list[RunScore], imagination: list[ImaginationRow],
-                  scored: dict[str, list[ScoredRun]], fixed: str, figures: list[str]) -> Path:
-    """``summary.md``: Table 1 (kappa = 1, or the largest evaluated), Table 2, Table 8, counts and figures."""
+                  scored: dict[str, list[ScoredRun]], fixed: str, figures: list[str],
+                  warnings: list[str] = ()) -> Path:
+    """``summary.md``: warnings, Table 1 (kappa = 1, or the largest evaluated), Table 2, Table 8, counts and
+    figures."""
     top = max(s.keep_ratio for s in scores) if scores else 1.0
-    sections = [("Table 1: main results (MER-UniBench main scores, %)",
+    sections = [("Warnings", "\n".join(f"- {w}" for w in warnings))] if warnings else []
+    sections += [("Table 1: main results (MER-UniBench main scores, %)",
                  (f"Keep ratio {top:g}. " if top != 1.0 else "")
                  + "Discrete: HIT rate; sentiment: weighted F1 on non-zero GT; OV-MERD+: set F "
                  "(docs/evaluation.md).\n\n" + report.format_table1(report.table1_rows(scores, fixed, top)))]

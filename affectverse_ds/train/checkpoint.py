@@ -30,9 +30,8 @@ import torch
 from affectverse_ds.config import AffectVerseConfig, dump_config
 from affectverse_ds.train import distributed as dist
 from affectverse_ds.train.export import (  # the export beside its loading: one error class, one step-folder name
-    STEP_RE as _STEP_RE, CheckpointError, export_trainable, step_tag)
+    COMPLETE, STEP_RE as _STEP_RE, CheckpointError, export_trainable, step_tag)
 
-COMPLETE = "COMPLETE"
 INTEGRITY = "INTEGRITY.json"
 
 

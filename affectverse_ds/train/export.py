@@ -27,6 +27,7 @@ STEP_RE = re.compile(r"^step_(\d{6,})$")  # a checkpoint folder: step_000100, as
 MODEL_SECTIONS = ("lora", "ewm", "injection")  # what a checkpoint's own config decides; the rest is the user's
 EWM_FILE = "ewm.safetensors"
 ADAPTER_FILE = Path("lora") / "adapter_model.safetensors"
+COMPLETE = "COMPLETE"  # train/checkpoint.py writes it into a step folder last, once every rank has saved
 
 
 def step_tag(step: int) -> str:
@@ -53,10 +54,12 @@ def export_trainable(model, cfg: AffectVerseConfig, out: str | Path) -> Path:
 
 @dataclass(frozen=True)
 class CheckpointRef:
-    """A checkpoint to evaluate: its label in the tables and its ``export/`` folder."""
+    """A checkpoint to evaluate: its label in the tables, its ``export/`` folder, and why it is unverified
+    (a step folder without COMPLETE: an interrupted save) or "" ."""
 
     label: str
     export_dir: Path
+    unverified: str = dataclasses.field(default="", compare=False)  # a note on the reference, not its identity
 
 
 def resolve_checkpoint(path: str | Path) -> CheckpointRef:
@@ -79,7 +82,10 @@ def resolve_checkpoint(path: str | Path) -> CheckpointRef:
         label = export.parent.name or EXPORT_DIR
     else:
         label = export.name
-    return CheckpointRef(label, export)
+    unverified = ""
+    if export.name == EXPORT_DIR and STEP_RE.match(export.parent.name) and not (export.parent / COMPLETE).is_file():
+        unverified = f"{export.parent}: no {COMPLETE} marker (an interrupted save?): its export is evaluated unverified"
+    return CheckpointRef(label, export, unverified)
 
 
 def model_config(cfg: AffectVerseConfig, export_dir: str | Path) -> AffectVerseConfig:

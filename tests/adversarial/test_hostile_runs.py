@@ -1,0 +1,133 @@
+"""A run or an evaluation never says something false (issue #26, round 2): a shard ``sizes.json`` lists but the
+folder lacks, a test sample key present in two shards, an interrupted checkpoint save, a ``--max-batches`` that
+evaluates nothing, and a checkpoint path holding '=' are each refused in one line or recorded, before any work
+that would lose or misreport samples."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from affectverse_ds.config import dump_config, load_config
+from affectverse_ds.data import schema
+from affectverse_ds.data.loader import LoaderError, list_shards, train_plan
+
+sys.path.insert(0, str(Path(__file__).parent))
+import corpus  # noqa: E402
+from test_corpus import _module  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "launch" / "configs" / "tiny.yaml"
+
+
+def _one_line(err) -> str:
+    message = str(err.value)
+    assert "\n" not in message and "Traceback" not in message, message
+    return message
+
+
+# ----------------------------------------------------------------------------- a listed shard deleted
+
+
+def test_a_deleted_listed_shard_is_refused_at_start_naming_it(tmp_path):
+    c = corpus.write_corpus_shards(tmp_path / "shards", n_good=6, kinds=[], n_shards=3)
+    c.shards[1].unlink()
+    with pytest.raises(LoaderError) as err:
+        list_shards(c.folder, "meld", ["train"])
+    message = _one_line(err)
+    assert f"lists 1 shard(s) missing from the folder ({c.shards[1].name})" in message
+    cfg = load_config(TINY, [f"data.shard_dir={c.folder}", "data.train_benchmarks={meld: 1.0}",
+                             "data.num_workers=0"])
+    with pytest.raises(LoaderError, match=c.shards[1].name):  # the epoch plan, before any step
+        train_plan(cfg, 1)
+    assert json.loads((c.folder / schema.SIZES_FILE).read_text())[c.shards[1].name] > 0  # nothing rewritten
+
+
+# ----------------------------------------------------------------------------- the evaluator CLI
+
+
+@pytest.fixture
+def eval_setup(tmp_path, tiny_backbone_dir):
+    """Test shards, tiny wheels, a config file and a checkpoint export holding only its config (enough for
+    everything the evaluator checks before it builds a model)."""
+    evaluate_tests = _module(REPO / "tests" / "eval" / "test_evaluate.py")
+    eval_conftest = _module(REPO / "tests" / "eval" / "conftest.py")
+    c = corpus.write_corpus_shards(tmp_path / "shards", split="test", n_good=4, kinds=[], n_shards=2)
+    eval_conftest.write_tiny_wheels(tmp_path / "reference" / "emotion_wheel")
+    cfg = evaluate_tests.tiny_eval_config(tiny_backbone_dir, c.folder, tmp_path / "reference")
+    export = tmp_path / "ckpt" / "step_000001" / "export"
+    export.mkdir(parents=True)
+    dump_config(cfg, export / "config.yaml")
+    return c, cfg, dump_config(cfg, tmp_path / "eval.yaml"), export.parent
+
+
+def _evaluate(config: Path, ckpt: Path, out: Path, *extra: str) -> int:
+    launch = _module(REPO / "launch" / "evaluate.py")
+    return launch.main(["--config", str(config), "--benchmarks", "meld", "--modality", "avt", "--keep-ratio", "1.0",
+                        "--mode", "rank", "--out", str(out), "--no-probe", "--checkpoint", str(ckpt), *extra])
+
+
+def test_a_test_sample_key_in_two_shards_is_refused_naming_both(eval_setup, tmp_path, capsys):
+    c, _cfg, config, ckpt = eval_setup
+    copy = c.folder / schema.SHARD_PATTERN.format(benchmark="meld", split="test", index=2)
+    shutil.copyfile(c.shards[0], copy)  # the same clips again, counted in sizes.json: the split built twice
+    sizes = json.loads((c.folder / schema.SIZES_FILE).read_text())
+    sizes[copy.name] = sizes[c.shards[0].name]
+    (c.folder / schema.SIZES_FILE).write_text(json.dumps(sizes))
+    capsys.readouterr()
+    rc = _evaluate(config, ckpt, tmp_path / "results")
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1, lines
+    assert f"is in both {c.shards[0].name} and {copy.name}" in lines[0] and "verify_shards" in lines[0]
+    assert not (tmp_path / "results" / "meld.json").exists()  # nothing scored twice
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_max_batches_that_evaluates_nothing_is_refused_at_parse_time(value, eval_setup, tmp_path, capsys):
+    _c, _cfg, config, ckpt = eval_setup
+    with pytest.raises(SystemExit) as done:
+        _evaluate(config, ckpt, tmp_path / "results", "--max-batches", value)
+    assert done.value.code == 2
+    assert f"--max-batches: must be a positive number of batches, not {value}" in capsys.readouterr().err
+    from affectverse_ds.eval.inference import EvalPlan
+
+    with pytest.raises(ValueError, match="max_batches must be a positive"):  # the library refuses it too
+        EvalPlan([str(ckpt)], max_batches=int(value))
+
+
+def test_a_checkpoint_path_holding_an_equals_sign_is_a_checkpoint(tmp_path):
+    launch = _module(REPO / "launch" / "evaluate.py")
+    ckpt = tmp_path / "runs" / "lr=1e-4" / "step_000001"
+    dotted = tmp_path / "sweep.lr=2"  # 'section.key=value'-shaped, but a folder that exists
+    ckpt.mkdir(parents=True)
+    dotted.mkdir()
+    args = launch.parse_args(["--config", "c.yaml", "--checkpoint", str(ckpt), str(dotted), "data.num_workers=0"])
+    assert args.checkpoint == [str(ckpt), str(dotted)] and args.overrides == ["data.num_workers=0"]
+
+
+def test_an_interrupted_save_is_evaluated_with_a_warning_and_recorded(tmp_path, tiny_backbone_dir, capsys):
+    from affectverse_ds.train.export import resolve_checkpoint
+
+    evaluate_tests = _module(REPO / "tests" / "eval" / "test_evaluate.py")
+    eval_conftest = _module(REPO / "tests" / "eval" / "conftest.py")
+    c = corpus.write_corpus_shards(tmp_path / "shards", split="test", n_good=2, kinds=[], n_shards=1)
+    eval_conftest.write_tiny_wheels(tmp_path / "reference" / "emotion_wheel")
+    cfg = evaluate_tests.tiny_eval_config(tiny_backbone_dir, c.folder, tmp_path / "reference")
+    ckpt = evaluate_tests.make_checkpoint(cfg, tmp_path / "ckpt" / "step_000001", 1)  # no COMPLETE: interrupted
+    why = f"{ckpt}: no COMPLETE marker (an interrupted save?)"
+    assert resolve_checkpoint(ckpt).unverified.startswith(why)
+    (tmp_path / "done" / "step_000001").mkdir(parents=True)
+    shutil.copytree(ckpt / "export", tmp_path / "done" / "step_000001" / "export")
+    (tmp_path / "done" / "step_000001" / "COMPLETE").write_text("1\n")
+    assert resolve_checkpoint(tmp_path / "done" / "step_000001").unverified == ""
+    capsys.readouterr()
+    rc = _evaluate(dump_config(cfg, tmp_path / "eval.yaml"), ckpt, tmp_path / "results")
+    out = capsys.readouterr()
+    assert rc == 0 and f"[eval] warning: {why}" in out.out + out.err
+    result = json.loads((tmp_path / "results" / "meld.json").read_text())
+    assert result["unverified_checkpoints"]["step_000001"].startswith(why)
+    assert why in (tmp_path / "results" / "summary.md").read_text()
+    assert result["runs"][0]["counts"]["evaluated"] == len(c.good)  # every sample still evaluated
