@@ -281,6 +281,23 @@ def decode_sample(raw: dict[str, Any]) -> DecodedSample:
     return DecodedSample(meta=meta, frames=sample.frames, audio=sample.audio)
 
 
+class _Keyed:
+    """A pipeline stage on decoded samples whose data errors name the sample's key: a frame the encoder cannot
+    decode (a JPEG body cut short) raised PIL's bare "image file is truncated", and the skip line named no sample."""
+
+    def __init__(self, stage):
+        self.stage = stage
+
+    def __call__(self, sample: DecodedSample):
+        try:
+            return self.stage(sample)
+        except DATA_ERRORS as err:
+            key = sample.meta.get("key", "?")
+            if str(err).startswith(f"{key}:"):
+                raise
+            raise SampleError(f"{key}: {type(err).__name__}: {err}") from err
+
+
 def _buffer_shuffle(src: Iterator, bufsize: int, rng: random.Random) -> Iterator:
     """Shuffle a stream through a buffer of ``bufsize`` samples."""
     if bufsize <= 1:
@@ -332,7 +349,7 @@ class _TrainStream(IterableDataset):
             # resume: skip the consumed samples after the cheap decode (json, flac; frames stay JPEG bytes),
             # so a sample that fails there is skipped exactly as in the uninterrupted run
             lambda src: islice(src, done * self.micro_batch, None),
-            wds.map(self.encoder, handler=skips),
+            wds.map(_Keyed(self.encoder), handler=skips),
             lambda src: _stamp(src, skips, slot),
             wds.batched(self.micro_batch, collation_fn=collate, partial=False),
         )
@@ -491,7 +508,7 @@ class _EvalStream(IterableDataset):
             wds.tarfile_to_samples(handler=skips),
             lambda src: self._my_samples(src, {self.shards[i].path: self.offsets[i] for i in mine}),
             wds.map(decode_sample, handler=skips),
-            wds.map(self.encoder, handler=skips),
+            wds.map(_Keyed(self.encoder), handler=skips),
             lambda src: _stamp(src, skips, worker),
             wds.batched(self.batch_size, collation_fn=collate, partial=True),
         )

@@ -183,21 +183,30 @@ def _parse_meta(data: Any) -> tuple[Any, str | None]:
 
 
 def _check_frame(ext: str, data: bytes, strict: bool) -> tuple[tuple[int, int] | None, str | None]:
-    """Size of one frame from its header alone (no pixel decoding), or the problem."""
+    """Size of one frame from its header, or the problem. The strict check (verify_shards) then decodes the
+    pixels too, once the header has bounded them (a body cut short reads as a sound header); the lenient one
+    leaves decoding to the encoder, which decodes only the frames it keeps."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # a header claiming a huge image
             with Image.open(io.BytesIO(data)) as im:
                 fmt, mode, size = im.format, im.mode, im.size
+                problem = _frame_problem(ext, fmt, mode, size, strict)
+                if strict and problem is None:
+                    im.load()  # at most FRAME_SIZE x FRAME_SIZE pixels: the header was checked first
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         return None, f"{ext} is not a readable image: {type(err).__name__}: {err}"
+    return (None, problem) if problem else (size, None)
+
+
+def _frame_problem(ext: str, fmt: str | None, mode: str, size: tuple[int, int], strict: bool) -> str | None:
     if fmt != "JPEG" or mode != "RGB":
-        return None, f"{ext} is {fmt} {mode}, not an RGB JPEG"
+        return f"{ext} is {fmt} {mode}, not an RGB JPEG"
     side = FRAME_SIZE if strict else None
     if size[0] != size[1] or (side is not None and size[0] != side) or not 1 <= size[0] <= FRAME_SIZE:
-        return None, f"{ext} is {size[0]}x{size[1]}, expected a square of at most {FRAME_SIZE} px" + (
+        return f"{ext} is {size[0]}x{size[1]}, expected a square of at most {FRAME_SIZE} px" + (
             f" (exactly {side})" if side else "")
-    return size, None
+    return None
 
 
 def _check_audio(data: bytes, meta: dict, strict: bool) -> tuple[np.ndarray | None, list[str]]:

@@ -131,3 +131,34 @@ def test_an_interrupted_save_is_evaluated_with_a_warning_and_recorded(tmp_path, 
     assert result["unverified_checkpoints"]["step_000001"].startswith(why)
     assert why in (tmp_path / "results" / "summary.md").read_text()
     assert result["runs"][0]["counts"]["evaluated"] == len(c.good)  # every sample still evaluated
+
+
+# ----------------------------------------------------------------------------- a JPEG whose body is cut short
+
+
+def _body_cut(record: dict) -> dict:
+    """The first frame keeps its whole header (size, tables) and loses the second half of its scan data."""
+    frame = sorted(k for k in record if schema.FRAME_EXT_RE.match(k))[0]
+    data = record[frame]
+    return {**record, frame: data[:len(data) // 2]}
+
+
+def test_a_jpeg_cut_short_fails_the_strict_check_and_its_skip_names_the_key(tmp_path, monkeypatch, tokenizer, caplog):
+    from affectverse_ds.data.loader import build_eval_loader
+    from data_prep.verify_shards import verify_dir
+
+    monkeypatch.setitem(corpus.SAMPLE_KINDS, "jpeg_body_cut", ("JPEG body cut in half", _body_cut))
+    c = corpus.write_corpus_shards(tmp_path / "shards", split="test", n_good=3, kinds=["jpeg_body_cut"],
+                                   n_shards=1, frame_size=schema.FRAME_SIZE)
+    (bad,) = c.bad
+    problems = [p for p in verify_dir(c.folder) if not p.startswith("missing manifest")]
+    assert len(problems) == 1 and problems[0].startswith(
+        f"{bad}: f000.jpg is not a readable image: OSError: image file is truncated"), problems
+    cfg = load_config(TINY, [f"data.shard_dir={c.folder}", "data.num_workers=0",
+                             f"backbone.path={tokenizer.name_or_path}"])
+    loader = build_eval_loader(cfg, tokenizer, "meld", rank=0, world=1, batch_size=2)
+    with caplog.at_level("WARNING", logger="affectverse_ds.data.loader"):
+        names = [m["name"] for batch in loader for m in batch["meta"]]
+    assert sorted(names) == sorted(c.good.values())  # the three good ones, nothing else lost
+    skips = [r.getMessage() for r in caplog.records if "skipping a corrupt sample" in r.getMessage()]
+    assert len(skips) == 1 and f"{bad}: OSError: image file is truncated" in skips[0], skips
