@@ -13,12 +13,38 @@ benchmark that is simply absent is listed as absent.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
 from affectverse_ds import preflight
 from affectverse_ds.data.media import DecodeConfig
+from affectverse_ds.data.schema import MAX_DURATION, MAX_FRAMES
 from affectverse_ds.data.shards import ShardLimits, build_all, build_shards, inspect_root, unreadable
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (0 or -3 workers or samples per shard was accepted, then every
+    item failed with a misleading per-item reason)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: seconds kept per clip, > 0 and within what the shard contract can hold."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_DURATION):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds in (0, {MAX_DURATION:g}] (the shard "
+                                         f"contract's {MAX_FRAMES} frames), not {text}")
+    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,13 +55,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", help="split name (not with --all)")
     p.add_argument("--out", help="output folder for shards, sizes.json and manifest.parquet (not with --dry-run)")
     p.add_argument("--dry-run", action="store_true", help="scan and print the table; decode and write nothing")
-    p.add_argument("--workers", type=int, default=1, help="decoding processes (one decoder thread each)")
+    p.add_argument("--workers", type=positive_int, default=1, help="decoding processes (one decoder thread each)")
     p.add_argument("--resume", action="store_true", help="keep finished shards of an interrupted build")
     p.add_argument("--all", action="store_true", help="every benchmark and split found under --root")
-    p.add_argument("--max-duration", type=float, default=DecodeConfig.max_duration, help="seconds kept per clip")
+    p.add_argument("--max-duration", type=positive_seconds, default=DecodeConfig.max_duration, help="seconds kept per clip")
     p.add_argument("--center-crop", action="store_true", help="centre square crop instead of direct resize")
-    p.add_argument("--shard-max-count", type=int, default=ShardLimits.max_count)
-    p.add_argument("--shard-max-bytes", type=int, default=ShardLimits.max_bytes)
+    p.add_argument("--shard-max-count", type=positive_int, default=ShardLimits.max_count)
+    p.add_argument("--shard-max-bytes", type=positive_int, default=ShardLimits.max_bytes)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (batch logs)")
     args = p.parse_args(argv)
     if args.all == bool(args.benchmark or args.split):

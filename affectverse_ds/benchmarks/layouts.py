@@ -85,20 +85,29 @@ def read_text(path: Path) -> str:
     return decode_text(Path(path).read_bytes())
 
 
+ROW_PROBLEM = "\x00problem"  # key of a row that could not be read whole (NULs never reach a header)
+_HEAD_CHARS = 4096  # of a line too long for the csv module, what is parsed to recover its leading fields
+
+
 def read_csv_rows(path: Path) -> list[dict[str, str]]:
     """Rows of a CSV file as dicts (header names stripped), tolerant of bad bytes.
 
     A malformed row (an unterminated quote that would swallow the rest of the file, a stray
     quote) gets a warning naming its line, and from that row on every physical line is read as
     one row, so the rows after it are not merged into one field and lost. NUL bytes are dropped.
+    A line the csv module refuses even alone (a field over its 128 KB limit) keeps only the fields
+    before that one and carries the cause under :data:`ROW_PROBLEM` (file, line): its item is
+    rejected with that reason, the other rows are read.
     """
     text = read_text(path).replace("\x00", "")
     rows: list[dict[str, str]] = []
     header: list[str] = []
 
-    def add(row: list[str]) -> None:
-        if row:
+    def add(row: list[str], problem: str | None = None) -> None:
+        if row or problem:
             rows.append({key: (row[i] if i < len(row) else "") for i, key in enumerate(header)})
+            if problem:
+                rows[-1][ROW_PROBLEM] = problem
 
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     start = 0  # physical line (0-based) where the row being read starts
@@ -112,19 +121,26 @@ def read_csv_rows(path: Path) -> list[dict[str, str]]:
         lines = text.splitlines()
         log.warning("%s: malformed CSV row at line %d (%s); from there on each line is read as one row",
                     path, start + 1, err)
-        for line in lines[start:]:
-            add(next(csv.reader([line]), []))
+        for n, line in enumerate(lines[start:], start + 1):
+            try:
+                add(next(csv.reader([line]), []))
+            except csv.Error as line_err:
+                log.warning("%s: line %d skipped: %s", path, n, line_err)
+                head = next(csv.reader([line[:_HEAD_CHARS]]), [])[:-1]  # the last field is cut: dropped
+                add(head, f"{Path(path).name} line {n}: {line_err} ({len(line)} characters)")
     return rows
 
 
 @dataclass
 class Transcript:
-    """Subtitles of a transcript CSV: ``texts`` (name -> text), the ``column`` read, and the ``problem``
-    that left them empty (missing file, no known column), which every item then carries as a note."""
+    """Subtitles of a transcript CSV: ``texts`` (name -> text), the ``column`` read, the ``problem``
+    that left them empty (missing file, no known column), which every item then carries as a note, and
+    ``rejected`` (name -> reason): rows that could not be read whole, whose items are rejected."""
 
     texts: dict[str, str]
     column: str | None = None
     problem: str | None = None
+    rejected: dict[str, str] = field(default_factory=dict)
 
 
 def read_subtitles(path: Path, columns: tuple[str, ...], name_column: str = "name", shown_as: str = "") -> Transcript:
@@ -139,11 +155,17 @@ def read_subtitles(path: Path, columns: tuple[str, ...], name_column: str = "nam
     if column is None or name_column not in rows[0]:
         wanted = "/".join(columns)
         return Transcript({}, None, f"transcript {shown_as} has no {name_column!r} and {wanted!r} columns "
-                                    f"(has {', '.join(rows[0])})")
+                                    f"(has {', '.join(k for k in rows[0] if k != ROW_PROBLEM)})")
     out: dict[str, str] = {}
+    rejected: dict[str, str] = {}
     for row in rows:
-        out.setdefault(row[name_column].strip(), (row[column] or "").strip())
-    return Transcript(out, column)
+        name = row[name_column].strip()
+        if ROW_PROBLEM in row:
+            if name and name not in out:
+                rejected.setdefault(name, f"transcript row unreadable: {row[ROW_PROBLEM]}")
+            continue
+        out.setdefault(name, (row[column] or "").strip())
+    return Transcript(out, column, None, rejected)
 
 
 def read_transcript(path: Path, column: str, name_column: str = "name") -> dict[str, str]:
@@ -242,7 +264,8 @@ def index_media(folder: Path | None, exts: Iterable[str]) -> dict[str, Path]:
     """``stem -> file`` for the media files in ``folder`` (one listing instead of a stat per item).
 
     AppleDouble files (``._x.avi``, found in archives made on macOS) are skipped. When a stem
-    exists with several extensions, the one earliest in ``exts`` wins.
+    exists with several extensions, the one earliest in ``exts`` wins. An entry whose type cannot be read
+    (a symlink loop) is indexed: the item it belongs to is then rejected with the cause, the others built.
     """
     if folder is None or not folder.is_dir():
         return {}
@@ -251,8 +274,13 @@ def index_media(folder: Path | None, exts: Iterable[str]) -> dict[str, Path]:
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         stem, ext = os.path.splitext(entry.name)
         ext = ext.lower()
-        if ext not in rank or entry.name.startswith("._") or not entry.is_file():
+        if ext not in rank or entry.name.startswith("._"):
             continue
+        try:
+            if not entry.is_file():
+                continue
+        except OSError:  # a symlink loop: indexed, so its item is rejected naming it (``confine``), not the split
+            pass
         if stem not in found or rank[ext] < rank[found[stem].suffix.lower()]:
             found[stem] = Path(entry.path)
     return found
@@ -350,8 +378,9 @@ def confine(items: list[RawItem], root: Path) -> None:
                 reject(item, f"media path {shown(Path(path), Path(root))} resolves outside the dataset root")
                 item.video = item.audio = None
                 break
-            except OSError as err:  # a symlink loop
-                reject(item, f"media path {shown(Path(path), Path(root))} cannot be resolved ({err})")
+            except (OSError, RuntimeError) as err:  # a symlink loop: RuntimeError up to Python 3.12, OSError after
+                why = err.strerror if isinstance(err, OSError) and err.strerror else "a symlink loop"
+                reject(item, f"media path {shown(Path(path), Path(root))} cannot be resolved ({why})")
                 item.video = item.audio = None
                 break
 
@@ -426,6 +455,9 @@ def unibench_scanner(
                                     shown_as=shown(proc / layout.transcript, Path(root)))
         folder = shown(video_dir or proc / layout.video_dirs[0], Path(root))
         attach_media(items, folder, videos, audios, transcript.texts, layout.video_exts)
+        for item in items:
+            if item.name in transcript.rejected:
+                reject(item, transcript.rejected[item.name])
         if transcript.problem:
             log.warning("%s: subtitles will be empty", transcript.problem)
             for item in items:

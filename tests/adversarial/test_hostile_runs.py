@@ -162,3 +162,62 @@ def test_a_jpeg_cut_short_fails_the_strict_check_and_its_skip_names_the_key(tmp_
     assert sorted(names) == sorted(c.good.values())  # the three good ones, nothing else lost
     skips = [r.getMessage() for r in caplog.records if "skipping a corrupt sample" in r.getMessage()]
     assert len(skips) == 1 and f"{bad}: OSError: image file is truncated" in skips[0], skips
+
+
+# ----------------------------------------------------------------------------- one bad raw entry, not the split
+
+
+def _meld_fixture(tmp_path: Path, n: int = 4) -> tuple[Path, str]:
+    from data_prep.make_fixtures import make_fixture
+
+    root = make_fixture("meld", "unibench", tmp_path / "raw", n=n, inject=[])
+    return root, json.loads((root / "fixture.json").read_text())["split"]
+
+
+def _build(root: Path, split: str, out: Path) -> dict[str, tuple[str, str]]:
+    import pyarrow.parquet as pq
+
+    from data_prep.build_shards import main as build_main
+
+    assert build_main(["--benchmark", "meld", "--layout", "unibench", "--root", str(root), "--split", split,
+                       "--out", str(out), "--no-progress"]) == 0
+    return {r["name"]: (r["status"], r["reason"] or "") for r in pq.read_table(out / schema.MANIFEST_FILE).to_pylist()}
+
+
+def test_a_symlink_loop_in_subvideo_rejects_its_item_only(tmp_path):
+    root, split = _meld_fixture(tmp_path)
+    clips = sorted((root / "meld-process" / "subvideo").iterdir())
+    clips[0].unlink()
+    clips[0].symlink_to(clips[0].name)  # points at itself: ELOOP on every stat
+    rows = _build(root, split, tmp_path / "shards")
+    assert rows.pop(clips[0].stem) == (
+        "rejected", f"media path meld-process/subvideo/{clips[0].name} cannot be resolved (a symlink loop)")
+    assert len(rows) == len(clips) - 1 and all(status == "accepted" for status, _ in rows.values())
+
+
+def test_an_oversized_transcript_field_rejects_its_item_only_naming_the_file(tmp_path):
+    root, split = _meld_fixture(tmp_path)
+    transcript = root / "meld-process" / "transcription-engchi-polish.csv"
+    lines = transcript.read_text().splitlines()
+    name = lines[2].split(",")[0]
+    lines[2] = f'{name},x,"{"a" * (1 << 20)}"'  # 1 MB: over the csv module's 128 KB field limit, as 200 MB is
+    transcript.write_text("\n".join(lines) + "\n")
+    rows = _build(root, split, tmp_path / "shards")
+    status, reason = rows.pop(name)
+    assert status == "rejected" and reason.startswith(
+        f"transcript row unreadable: {transcript.name} line 3: field larger than field limit"), reason
+    assert len(rows) == len(lines) - 2 and all(status == "accepted" for status, _ in rows.values())
+
+
+@pytest.mark.parametrize("flag, value, says", [("--max-duration", "-5", "must be a number of seconds in (0, 333]"),
+                                               ("--max-duration", "nan", "must be a number of seconds in (0, 333]"),
+                                               ("--workers", "-3", "must be at least 1, not -3"),
+                                               ("--shard-max-count", "0", "must be at least 1, not 0")])
+def test_builder_ranges_are_refused_at_parse_time(flag, value, says, tmp_path, capsys):
+    from data_prep.build_shards import main as build_main
+
+    with pytest.raises(SystemExit) as done:
+        build_main(["--benchmark", "meld", "--layout", "unibench", "--root", str(tmp_path), "--split", "test",
+                    "--out", str(tmp_path / "out"), flag, value])
+    assert done.value.code == 2 and f"argument {flag}: {says}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
