@@ -1,0 +1,117 @@
+"""The one module that touches transformers internals: the thinker's towers, decoder, LM head and KV cache.
+
+Everything else reaches the Qwen2.5-Omni thinker through these functions, so a transformers upgrade that
+renames ``language_model``, changes ``DynamicCache``'s layers or the decoder layers' output breaks this file
+only (the thinker's loading and freezing live in ``backbone.py``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from affectverse_ds.data.batch import AUDIO_TOKEN_ID, VIDEO_TOKEN_ID
+
+
+def core_of(thinker: nn.Module) -> nn.Module:
+    """The Qwen2_5OmniThinkerForConditionalGeneration under the PEFT wrapper (LoRA layers live inside it)."""
+    return thinker.get_base_model() if hasattr(thinker, "get_base_model") else thinker
+
+
+def text_width(thinker: nn.Module) -> int:
+    """d, the decoder's hidden size (what the EWM reads)."""
+    return thinker.config.text_config.hidden_size
+
+
+def rope_geometry(core: nn.Module) -> tuple[int, float]:
+    """(spatial merge size, position ids per second): what ``injection.find_regions`` needs for 3D M-RoPE."""
+    return core.model.spatial_merge_size, core.config.position_id_per_seconds
+
+
+def enable_gradient_checkpointing(thinker: nn.Module) -> None:
+    thinker.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def is_checkpointing(core: nn.Module) -> bool:
+    """Gradient checkpointing on: transformers then drops the KV cache in training."""
+    return bool(core.model.language_model.gradient_checkpointing)
+
+
+@torch.no_grad()
+def embed(core: nn.Module, batch: dict) -> torch.Tensor:
+    """Token embeddings with the (frozen) tower outputs scattered in: (B, L, d). Towers run once per step."""
+    model = core.model
+    ids = batch["input_ids"]
+    emb = model.get_input_embeddings()(ids)
+    grid = batch.get("video_grid_thw")
+    if batch.get("pixel_values_videos") is not None and grid is not None and grid.numel():
+        video = torch.cat(model.get_video_features(batch["pixel_values_videos"], grid, return_dict=True).pooler_output)
+        emb = emb.masked_scatter((ids == VIDEO_TOKEN_ID)[..., None], video.to(emb.dtype))
+    feats = batch.get("input_features")
+    if feats is not None and feats.shape[0]:
+        audio = model.get_audio_features(feats, batch["feature_attention_mask"], return_dict=True).last_hidden_state
+        emb = emb.masked_scatter((ids == AUDIO_TOKEN_ID)[..., None], audio.to(emb.dtype))
+    return emb
+
+
+def embed_tokens(core: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Plain token embeddings (decoding: generated and candidate tokens)."""
+    return core.model.get_input_embeddings()(ids)
+
+
+def lm_head(core: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits of decoder states (..., d) -> (..., V)."""
+    return core.lm_head(hidden)
+
+
+class _StopForward(Exception):
+    """Raised by a layer hook once the source layer of the full-observation pass has run."""
+
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+
+def decode(core: nn.Module, x, mask, pos, cache=None, source_layer: int = -1):
+    """The language model (decoder + final norm, no LM head). Always given position ids.
+
+    ``source_layer`` -1: last layer after the final norm; k: output of decoder layer k (stops there).
+    Returns (hidden (B, L, d), cache).
+    """
+    lm = core.model.language_model
+    hook = None
+    if source_layer != -1:
+        def stop(_module, _args, output):
+            raise _StopForward(output[0] if isinstance(output, tuple) else output)
+        hook = lm.layers[source_layer].register_forward_hook(stop)
+    try:
+        out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, cache=cache,
+                 use_cache=cache is not None)
+    except _StopForward as done:
+        return done.hidden, None
+    finally:
+        if hook is not None:
+            hook.remove()
+    return out.last_hidden_state, out.cache
+
+
+def new_cache():
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+def cache_copy(cache, n: int, detach: bool = True):
+    """A cache over the first ``n`` positions of the same keys/values (detached unless asked): another pass
+    extends it without touching the original."""
+    from transformers import DynamicCache
+
+    def cut(t):
+        t = t[:, :, :n]
+        return t.detach() if detach else t
+
+    return DynamicCache([(cut(layer.keys), cut(layer.values)) for layer in cache.layers])
+
+
+def repeat_cache(cache, k: int) -> None:
+    """Each row of the cache repeated ``k`` times (sample-major), in place."""
+    cache.batch_repeat_interleave(k)
