@@ -1,8 +1,8 @@
 """Whether bf16 is fast here: the one detection the bf16-speed gates of the tests read, with one override.
 
 Without AVX512-BF16 or AMX, torch's bf16 backward matmuls on CPU take the scalar fallback gemm
-(``cpublas_gemm_impl``, measured ~0.08 GFLOP/s per core), and one DeepSpeed step at 7B widths did not
-finish in 50 min; with them (or on a CUDA device) the same step takes about a minute.
+(``cpublas_gemm_impl``, measured ~0.08 GFLOP/s per core): a DeepSpeed step at 7B widths took 48 min; with
+them (or on a CUDA device) the same step takes about a minute.
 
     AFFECTVERSE_FAST_BF16=1   treat bf16 as fast (run the bf16 branches, however long they take here)
     AFFECTVERSE_FAST_BF16=0   treat bf16 as slow (skip them, as a CPU without AVX512-BF16/AMX does)
@@ -49,7 +49,7 @@ def fast_bf16(environ: dict[str, str] | None = None, cpuinfo: str | None = None,
     if found:
         return True, f"the CPU has {found[0]}"
     return False, (f"no CUDA device and a CPU without {'/'.join(CPU_FLAGS)}: torch's bf16 backward matmuls take "
-                   f"the scalar fallback gemm (a 7B-width step > 50 min); {FORCE_VAR}=1 runs it anyway")
+                   f"the scalar fallback gemm (a 7B-width step took 48 min); {FORCE_VAR}=1 runs it anyway")
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ planner against the peak measured in this process.
   everywhere, so real widths execute in every CI run.
 - **bf16** (the paper's precision) runs where bf16 is fast: a CPU with AVX512-BF16 or AMX, or a CUDA device
   (``tests/sevenb/conftest.py``: ``fast_bf16``; ``AFFECTVERSE_FAST_BF16=1|0`` forces it). Elsewhere torch's bf16
-  backward matmuls take a scalar fallback gemm (one step here had not finished after 50 min) and the variant
+  backward matmuls take a scalar fallback gemm (a DeepSpeed step at these widths took 48 min) and the variant
   skips with that reason. ``tests/model/test_bf16.py`` covers the bf16 dtype boundaries at tiny width on any CPU.
 
 Both read one backbone written in bf16, as the released checkpoint is; the fp32 variant casts it on load, as a
