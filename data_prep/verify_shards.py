@@ -2,7 +2,7 @@
 
     python -m data_prep.verify_shards SHARDS
 
-Reads every sample with plain ``webdataset`` (as a loader would) and prints one line
+Reads every sample as the loaders do (``data/tars.py``: webdataset's reader, members bounded) and prints one line
 per problem; exits 1 when there is any.
 """
 from __future__ import annotations
@@ -14,10 +14,10 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import webdataset as wds
 
 from affectverse_ds.bounded import BoundedReadError, check_regular, read_bounded
 from affectverse_ds.data import schema
+from affectverse_ds.data.tars import tar_samples
 
 
 def check_sample(sample: dict) -> list[str]:
@@ -74,7 +74,7 @@ def verify_dir(folder: Path) -> list[str]:
             return False  # stop reading this shard (what follows a broken header cannot be trusted)
 
         try:
-            for sample in wds.tarfile_to_samples(handler=unreadable)(iter([{"url": url}])):
+            for sample in tar_samples(handler=unreadable)(iter([{"url": url}])):
                 counts[Path(url).name] += 1
                 keys[sample["__key__"]] += 1
                 problems += check_sample(sample)

@@ -50,6 +50,7 @@ from affectverse_ds.bounded import BoundedReadError, check_regular, read_bounded
 from affectverse_ds.data import schema
 from affectverse_ds.data.batch import Batch
 from affectverse_ds.data.collator import DecodedSample, SampleEncoder, SampleError, collate
+from affectverse_ds.data.tars import tar_samples
 from affectverse_ds.train.run_length import RunPlan, make_run_plan
 
 log = logging.getLogger(__name__)
@@ -368,7 +369,7 @@ def _shard_passes(shards: list[Shard], tag: str, skips: SkipCounter, shuffle_buf
     for n_pass in range(1 << 62):
         if n_pass:
             random.Random(f"pass/{tag}/{n_pass}").shuffle(order)
-        raw = wds.tarfile_to_samples(handler=skips)(iter([{"url": s.path} for s in order]))
+        raw = tar_samples(handler=skips)(iter([{"url": s.path} for s in order]))
         n = 0
         for sample in _buffer_shuffle(raw, shuffle_buffer, rng):
             n += 1
@@ -505,7 +506,7 @@ class _EvalStream(IterableDataset):
         skips = SkipCounter()
         pipeline = wds.DataPipeline(
             wds.SimpleShardList([self.shards[i].path for i in mine]),
-            wds.tarfile_to_samples(handler=skips),
+            tar_samples(handler=skips),
             lambda src: self._my_samples(src, {self.shards[i].path: self.offsets[i] for i in mine}),
             wds.map(decode_sample, handler=skips),
             wds.map(_Keyed(self.encoder), handler=skips),

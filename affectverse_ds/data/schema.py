@@ -34,6 +34,12 @@ MAX_AUDIO_SAMPLES = round(MAX_DURATION * SAMPLE_RATE) + SAMPLE_RATE  # one secon
 MAX_META_BYTES = 1 << 20  # a subtitle and a chat: far below this
 MAX_META_DEPTH = 8  # the deepest legitimate nesting is messages[i]["content"][j]["text"] (4)
 
+# The most bytes a tar member may declare before it is read (data/tars.py checks the header's size): a FLAC of
+# 16-bit mono holds at most 2 bytes a sample plus its frame headers; a 224 px JPEG at quality 90 is ~30 KB.
+MAX_AUDIO_BYTES = 2 * MAX_AUDIO_SAMPLES + (1 << 20)
+MAX_FRAME_BYTES = 1 << 20
+MAX_OTHER_BYTES = 1 << 20  # a member outside the contract: read only to be reported
+
 SHARD_PATTERN = "{benchmark}-{split}-{index:06d}.tar"
 SIZES_FILE = "sizes.json"
 MANIFEST_FILE = "manifest.parquet"
@@ -47,6 +53,24 @@ def frame_ext(i: int) -> str:
 
 
 FRAME_EXT_RE = re.compile(r"^f(\d{3})\.jpg$")
+
+
+def member_limit(ext: str) -> int:
+    """The most bytes a member with extension ``ext`` may declare (in its tar header) before it is read."""
+    if ext == META_EXT:
+        return MAX_META_BYTES
+    if ext == AUDIO_EXT:
+        return MAX_AUDIO_BYTES
+    return MAX_FRAME_BYTES if FRAME_EXT_RE.match(ext) else MAX_OTHER_BYTES
+
+
+@dataclass(frozen=True)
+class OversizeMember:
+    """Stands for a tar member whose header declares more than :func:`member_limit` bytes: never read
+    (a sparse member of a few KB on disk can declare gigabytes)."""
+
+    size: int
+    limit: int
 
 # Required metadata fields and their JSON types. `label` holds the benchmark's
 # label fields: `emo` (class string or null), `val` (float or null),
@@ -255,6 +279,10 @@ def check_sample(raw: Mapping[str, Any], *, strict: bool = False) -> tuple[list[
         (problems, sample): one line per problem without the key, and the parsed sample when there is none.
     """
     members = {k: v for k, v in raw.items() if not k.startswith("__")}
+    over = sorted(k for k, v in members.items() if isinstance(v, OversizeMember))
+    if over:
+        return [f"member .{k} declares {members[k].size} bytes, over the {members[k].limit}-byte limit (not read)"
+                for k in over], None
     odd = sorted(k for k, v in members.items() if not isinstance(v, (bytes, bytearray)))
     if odd:
         return [f"member .{odd[0]} is {type(members[odd[0]]).__name__}, not bytes"], None

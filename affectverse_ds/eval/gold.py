@@ -52,6 +52,10 @@ def read_gold(shard_dir: str | Path, bench: Benchmark, split: str | None = None)
             for member in tar:
                 if not member.name.endswith("." + schema.META_EXT):
                     continue
+                if member.size > schema.MAX_META_BYTES:  # declared size (a sparse member can claim gigabytes)
+                    rejected_labels[member.name] = (f"unreadable metadata: declares {member.size} bytes, over "
+                                                    f"the {schema.MAX_META_BYTES}-byte limit")
+                    continue
                 try:
                     meta = json.load(tar.extractfile(member))
                     problems = schema.validate_meta(meta)  # the loader's own check: both see the same samples

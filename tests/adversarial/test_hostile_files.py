@@ -89,3 +89,78 @@ def test_inflating_npz_member_is_refused_before_inflating(tmp_path, capsys):
     assert attack["maxrss_mb"] - base["maxrss_mb"] < 100, (base, attack)
     with capsys.disabled():
         print(f"\npeak RSS npz: ordinary {base['maxrss_mb']:.0f} MB, 512 MB member {attack['maxrss_mb']:.0f} MB")
+
+
+# ----------------------------------------------------------------------------- a sparse tar member
+
+
+SPARSE_MB = 512
+
+
+def _shard_with_sparse_flac(tmp_path: Path) -> tuple[corpus.Corpus, str]:
+    """One shard of 3 good samples whose first sample's ``.flac`` is replaced by a sparse file declaring 512 MB
+    (written by GNU tar --sparse: a few KB in the shard, 512 MB once read)."""
+    import shutil
+    import tarfile
+
+    if not shutil.which("tar"):
+        pytest.skip("GNU tar writes the sparse member")
+    c = corpus.write_corpus_shards(tmp_path / "shards", n_good=3, kinds=[], n_shards=1)
+    shard = c.shards[0]
+    with tarfile.open(shard) as tar:
+        names = tar.getnames()
+        tar.extractall(tmp_path / "members", filter="data")
+    victim = next(n for n in names if n.endswith(".flac"))
+    with open(tmp_path / "members" / victim, "r+b") as f:
+        f.truncate(0)
+        f.write(b"fLaC")
+        f.truncate(SPARSE_MB << 20)
+    subprocess.run(["tar", "--sparse", "--format=gnu", "-cf", str(shard), "-C", str(tmp_path / "members"), *names],
+                   check=True)
+    with tarfile.open(shard) as tar:
+        info = tar.getmember(victim)
+    assert info.size == SPARSE_MB << 20 and shard.stat().st_size < 4 << 20
+    return c, victim.split(".", 1)[0]
+
+
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork and exec, so a child of a large pytest process
+# would report its parent's size; VmHWM is the new process's own high-water mark
+_MEASURE_SHARD = """
+import json, re, sys
+from data_prep.verify_shards import verify_dir
+problems = verify_dir(sys.argv[1])
+hwm = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+print(json.dumps({"maxrss_mb": hwm / 1024, "problems": problems}))
+"""
+
+
+def test_a_sparse_flac_member_is_refused_before_it_is_read(tmp_path, capsys):
+    c, key = _shard_with_sparse_flac(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", _MEASURE_SHARD, str(c.folder)], capture_output=True, text=True,
+                          timeout=120, cwd=REPO, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    flagged = [p for p in got["problems"] if p.startswith(f"{key}: ")]
+    assert flagged == [f"{key}: member .flac declares {SPARSE_MB << 20} bytes, over the "
+                       f"{schema.MAX_AUDIO_BYTES}-byte limit (not read)"], got["problems"]
+    assert got["maxrss_mb"] < 450, got  # reading the member would take 512 MB more
+    with capsys.disabled():
+        print(f"\npeak RSS verify_shards with a {SPARSE_MB} MB sparse .flac: {got['maxrss_mb']:.0f} MB")
+
+
+def test_the_loader_skips_a_sparse_flac_sample_naming_it(tmp_path, caplog):
+    from affectverse_ds.data.loader import Shard, SkipCounter
+    from affectverse_ds.data.loader import decode_sample
+    from affectverse_ds.data.tars import tar_samples
+
+    c, key = _shard_with_sparse_flac(tmp_path)
+    skips = SkipCounter()
+    kept = []
+    with caplog.at_level("WARNING", logger="affectverse_ds.data.loader"):
+        for raw in tar_samples(handler=skips)(iter([{"url": str(Shard(str(c.shards[0]), 3).path)}])):
+            try:
+                kept.append(decode_sample(raw).meta["key"])
+            except Exception as err:  # noqa: BLE001  the loader's handler would count it
+                skips(err)
+    assert sorted(kept + [key]) == sorted(c.good) and skips.count == 1  # nothing else lost
+    assert any(f"{key}: member .flac declares" in r.getMessage() for r in caplog.records)
