@@ -109,7 +109,11 @@ def world_of_one():
     dist.init_distributed(info)
     yield info
     if dist.is_initialized():
-        torch.distributed.destroy_process_group()
+        import deepspeed.comm
+
+        # DeepSpeed's own teardown: it also drops the groups it cached (its data-parallel clone of the world);
+        # after torch's alone, the next engine built in this process fails on a group that is not registered
+        deepspeed.comm.destroy_process_group()
     os.environ.clear()
     os.environ.update(saved)
 
