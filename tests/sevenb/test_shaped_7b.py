@@ -152,7 +152,7 @@ def variant(request, bf16_speed, backbone, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(variant):
-    """One DeepSpeed ZeRO-2 step through the launcher; its run folder and the largest child's peak RSS."""
+    """One DeepSpeed ZeRO-2 step through the launcher; its run folder and its peak RSS (the rank's)."""
     run = variant["root"] / "run"
     cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "1", "--master_port", str(free_port()), "launch/train.py",
            "--ds", "ds_configs/zero2.json", "--config", "launch/configs/affectverse_7b.yaml",
