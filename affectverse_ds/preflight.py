@@ -182,8 +182,15 @@ def training_checks(cfg, world: int) -> list[Check]:
     wanted = _wanted(d.train_benchmarks, lambda b: b.train_splits)
     need = (t.keep_last + 1) * checkpoint_bytes(cfg.backbone.path)
     return [lambda: backbone(cfg.backbone.path), lambda: shards(d.shard_dir, wanted),
-            lambda: writable(t.out_dir), lambda: free_disk(t.out_dir, need, "training (checkpoints)"),
-            lambda: world_size(t, world)]
+            lambda: writable(t.out_dir), lambda: checkpoint_folder(t.out_dir),
+            lambda: free_disk(t.out_dir, need, "training (checkpoints)"), lambda: world_size(t, world)]
+
+
+def checkpoint_folder(out_dir: str | Path) -> str | None:
+    """``<out_dir>/checkpoints`` is a folder or absent (a file there would lose every step at the first save)."""
+    from affectverse_ds.train.checkpoint import checkpoint_dir_problem
+
+    return checkpoint_dir_problem(Path(out_dir) / "checkpoints")
 
 
 def checkpoints(paths: Sequence[str | Path]) -> str | None:

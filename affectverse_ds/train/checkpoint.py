@@ -15,6 +15,7 @@ folder is used only after its integrity record checks out (``resolve_resume``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -27,12 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from affectverse_ds.bounded import BoundedReadError, os_reason, read_bounded
 from affectverse_ds.config import AffectVerseConfig, dump_config
 from affectverse_ds.train import distributed as dist
 from affectverse_ds.train.export import (  # the export beside its loading: one error class, one step-folder name
     COMPLETE, STEP_RE as _STEP_RE, CheckpointError, export_trainable, step_tag)
 
 INTEGRITY = "INTEGRITY.json"
+MAX_INTEGRITY_BYTES = 16 << 20  # a record line per file: a few KB for a real checkpoint
 
 
 def complete_checkpoints(ckpt_dir: str | Path) -> list[Path]:
@@ -42,6 +45,18 @@ def complete_checkpoints(ckpt_dir: str | Path) -> list[Path]:
         return []
     found = [p for p in ckpt_dir.iterdir() if _STEP_RE.match(p.name) and (p / COMPLETE).is_file()]
     return sorted(found, key=lambda p: int(_STEP_RE.match(p.name).group(1)))
+
+
+def checkpoint_dir_problem(ckpt_dir: str | Path) -> str | None:
+    """Why checkpoints cannot be saved into ``ckpt_dir`` (something other than a folder is there), or None.
+
+    Checked before the first step: otherwise the run trains until its first save and loses every step."""
+    ckpt_dir = Path(ckpt_dir)
+    if (ckpt_dir.exists() or ckpt_dir.is_symlink()) and not ckpt_dir.is_dir():
+        what = "a broken symlink" if not ckpt_dir.exists() else "a file"
+        return (f"{ckpt_dir} is {what}, not a folder: no checkpoint could be saved there; move it away or set "
+                f"train.out_dir")
+    return None
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
@@ -77,7 +92,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(engine, model, cfg: AffectVerseConfig, step: int, client_state: dict[str, Any],
                     info: dist.DistInfo) -> Path:
-    """Save on every rank (DeepSpeed requires it), then mark complete on rank 0 and prune to ``keep_last``."""
+    """Save on every rank (DeepSpeed requires it), then mark complete on rank 0 and prune to ``keep_last``.
+
+    A write that fails (the disk full, most often) is a one-line :class:`CheckpointError` naming the folder and
+    the cause; the folder then has no COMPLETE, so it never counts, and nothing older is pruned."""
     ckpt_dir = Path(cfg.train.out_dir) / "checkpoints"
     tag = step_tag(step)
     path = ckpt_dir / tag
@@ -86,19 +104,51 @@ def save_checkpoint(engine, model, cfg: AffectVerseConfig, step: int, client_sta
         # until this save has finished
         clear_marks(path)
     dist.barrier()
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, exclude_frozen_parameters=True)
-    torch.save(rng_state(), path / f"rng_rank{info.rank}.pt")
-    if info.is_main:
-        dump_config(cfg, path / "config.yaml")
-    export_gathered(model, cfg, path / "export", info)  # every rank: ZeRO-3 gathers the partitioned weights
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, exclude_frozen_parameters=True)
+        torch.save(rng_state(), path / f"rng_rank{info.rank}.pt")
+        if info.is_main:
+            dump_config(cfg, path / "config.yaml")
+        export_gathered(model, cfg, path / "export", info)  # every rank: ZeRO-3 gathers the partitioned weights
+    except (OSError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint {path} not saved: {save_failure(err, path)}; it has no {COMPLETE} "
+                              f"marker, so --resume auto takes the previous complete one") from None
     dist.barrier()  # every rank has written its shards and RNG state
     if info.is_main:
-        write_integrity(path)
-        (path / COMPLETE).write_text(f"{step}\n")
+        try:
+            write_integrity(path)
+            (path / COMPLETE).write_text(f"{step}\n")
+        except OSError as err:
+            clear_marks(path)
+            raise CheckpointError(f"checkpoint {path} not marked complete: {save_failure(err, path)}") from None
         for old in prune_list(complete_checkpoints(ckpt_dir), path, cfg.train.keep_last):
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return path
+
+
+LOW_SPACE = 64 << 20  # free bytes under which a failed write is taken for a full disk
+
+
+def save_failure(err: BaseException, path: Path) -> str:
+    """Why a checkpoint write failed, in a few words: an OSError says its cause ("no space left on the device");
+    torch.save reports a full disk as a RuntimeError from its zip writer ("unexpected pos ...", "file write
+    failed"), so when the file system is (nearly) full that is what is said."""
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    if isinstance(err, OSError):
+        reason = os_reason(err) + (f" ({err.filename})" if err.filename else "")
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return reason
+    else:
+        reason = f"{type(err).__name__}: {first}"
+    where = Path(path)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return reason
+    return f"no space left on the device ({free >> 20} MiB free; {reason})" if free < LOW_SPACE else reason
 
 
 def prune_list(complete: list[Path], newest: Path, keep_last: int) -> list[Path]:
@@ -203,11 +253,15 @@ def verify_checkpoint(path: str | Path) -> str | None:
         return "not a folder"
     if not (path / COMPLETE).is_file():
         return f"no {COMPLETE} marker (an interrupted save)"
-    try:
-        listed = json.loads((path / INTEGRITY).read_text())["files"]
-        assert isinstance(listed, dict)
-    except FileNotFoundError:
+    if not (path / INTEGRITY).exists():
         return f"no integrity record {INTEGRITY}"
+    try:  # bounded, and a 100 000-deep record is damage like any other, not a RecursionError
+        listed = json.loads(read_bounded(path / INTEGRITY, MAX_INTEGRITY_BYTES, INTEGRITY))["files"]
+        assert isinstance(listed, dict)
+    except BoundedReadError as err:
+        return str(err).removeprefix(f"{path / INTEGRITY}: ")
+    except RecursionError:
+        return f"{INTEGRITY} is unreadable (nested too deeply)"
     except (ValueError, KeyError, TypeError, AssertionError):
         return f"{INTEGRITY} is unreadable"
     present = set(_files(path))

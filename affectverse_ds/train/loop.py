@@ -97,6 +97,9 @@ class Trainer:
         self.device = dist.pick_device(self.info)  # before the group: NCCL binds to the current CUDA device
         dist.init_distributed(self.info)
         self.out_dir = Path(cfg.train.out_dir)
+        problem = ckpt.checkpoint_dir_problem(self.out_dir / "checkpoints")  # before any step is trained
+        if problem:
+            raise ckpt.CheckpointError(problem)
         torch.manual_seed(cfg.train.seed)  # identical EWM initialisation on every rank
         self.tokenizer = load_tokenizer(cfg.backbone.path)
         self.model = build_model(cfg, self.device)
