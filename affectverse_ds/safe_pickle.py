@@ -80,8 +80,19 @@ def load_npz(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"label file not found: {path}")
     out: dict[str, Any] = {}
-    with open_regular(path) as f, zipfile.ZipFile(f) as zf:  # a FIFO is refused, not waited on
-        for member in zf.namelist():
-            key = member[:-4] if member.endswith(".npy") else member
-            out[key] = _load_npy_member(read_zip_member(zf, member, MAX_NPZ_MEMBER, path))
+    with open_regular(path) as f:  # a FIFO is refused, not waited on
+        try:
+            zf = zipfile.ZipFile(f)
+        except zipfile.BadZipFile as err:
+            raise ValueError(f"{path}: not an .npz archive ({err})") from None
+        with zf:
+            for member in zf.namelist():
+                key = member[:-4] if member.endswith(".npy") else member
+                try:
+                    out[key] = _load_npy_member(read_zip_member(zf, member, MAX_NPZ_MEMBER, path))
+                except UnsafePickleError as err:  # the same class, naming the file and member (one line)
+                    raise UnsafePickleError(f"{path}: member {member}: {err}") from None
+                except (ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+                    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+                    raise ValueError(f"{path}: member {member} is not a readable array ({first})") from None
     return out

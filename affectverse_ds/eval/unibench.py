@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pickle
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -329,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run_score(args)
-    except (FileNotFoundError, KeyError, ValueError) as err:
+    except (OSError, KeyError, ValueError, pickle.UnpicklingError) as err:  # a refused pickle says so, in one line
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

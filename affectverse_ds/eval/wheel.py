@@ -40,11 +40,15 @@ def _xlsx_rows(path: Path) -> list[tuple]:
     """Rows of the first sheet, header excluded."""
     if not path.is_file():
         raise FileNotFoundError(f"emotion wheel file not found: {path}")
-    book = openpyxl.load_workbook(path, read_only=True, data_only=True)
     try:
-        return list(book.worksheets[0].iter_rows(min_row=2, values_only=True))
-    finally:
-        book.close()
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        try:
+            return list(book.worksheets[0].iter_rows(min_row=2, values_only=True))
+        finally:
+            book.close()
+    except Exception as err:  # noqa: BLE001  (zipfile, openpyxl and XML parsers raise many types for garbage)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ValueError(f"{path}: not a readable .xlsx workbook ({type(err).__name__}: {first})") from None
 
 
 def read_format_table(path: Path) -> dict[str, frozenset[str]]:

@@ -164,3 +164,49 @@ def test_the_loader_skips_a_sparse_flac_sample_naming_it(tmp_path, caplog):
                 skips(err)
     assert sorted(kept + [key]) == sorted(c.good) and skips.count == 1  # nothing else lost
     assert any(f"{key}: member .flac declares" in r.getMessage() for r in caplog.records)
+
+
+# ----------------------------------------------------------------------------- the scorer CLI
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("adversarial pickle ran",))
+
+
+def _score(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "affectverse_ds.eval.unibench", "score", "--benchmark", "meld", *args],
+                          capture_output=True, text=True, timeout=120, cwd=REPO, env=ENV)
+
+
+@pytest.mark.parametrize("which", ["labels", "predictions"])
+def test_unibench_score_refuses_a_pickle_in_one_line_naming_the_file(which, tmp_path):
+    import numpy as np
+
+    labels = REPO / "tests" / "reference" / "merbench" / "meld-process" / "label.npz"
+    poisoned = tmp_path / ("label.npz" if which == "labels" else "run-openset.npz")
+    np.savez(poisoned, name2reason=np.array([_RunsCode()], dtype=object))
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("")
+    proc = _score("--labels", str(poisoned if which == "labels" else labels),
+                  "--predictions", str(poisoned if which == "predictions" else preds))
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and lines == [f"error: {poisoned}: member name2reason.npy: refusing to unpickle "
+                                              f"global builtins.print"], proc.stderr[-2000:]
+    assert "adversarial pickle ran" not in proc.stdout + proc.stderr
+
+
+def test_unibench_score_names_a_garbage_wheel_workbook(tmp_path):
+    import shutil
+
+    from affectverse_ds.eval.wheel import PACKAGED_WHEEL_DIR
+
+    wheels = tmp_path / "wheels"
+    shutil.copytree(PACKAGED_WHEEL_DIR, wheels)
+    (wheels / "wheel3.xlsx").write_bytes(os.urandom(5000))
+    labels = REPO / "tests" / "reference" / "merbench" / "meld-process" / "label.npz"
+    (tmp_path / "preds.jsonl").write_text("")
+    proc = _score("--labels", str(labels), "--predictions", str(tmp_path / "preds.jsonl"), "--wheel-dir", str(wheels))
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and lines == [f"error: {wheels / 'wheel3.xlsx'}: not a readable .xlsx workbook "
+                                              f"(BadZipFile: File is not a zip file)"], proc.stderr[-2000:]
