@@ -130,7 +130,12 @@ def shutdown() -> None:
     """
     if is_initialized():
         barrier()
-        torch.distributed.destroy_process_group()
+        import deepspeed.comm
+
+        # through DeepSpeed, which started the group: it also drops the groups it cached (its clone of the
+        # world); after torch's destroy alone, the next engine built in the same process fails on a group
+        # that is "not registered"
+        deepspeed.comm.destroy_process_group()
 
 
 def is_initialized() -> bool:

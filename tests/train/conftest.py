@@ -34,13 +34,12 @@ def two_benchmark_shards(tmp_path_factory) -> Path:
 def single_process():
     """This process as a world of one, as a user gets it without a launcher; the process group and the
     launcher variables DeepSpeed sets are removed afterwards, so later tests see a clean process."""
-    import torch
-
     saved = dict(os.environ)
     for key in LAUNCHER_VARS:
         os.environ.pop(key, None)
     yield
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    from affectverse_ds.train import distributed as dist
+
+    dist.shutdown()  # DeepSpeed's teardown too: the next module's engine must not meet its stale cached groups
     os.environ.clear()
     os.environ.update(saved)
