@@ -137,6 +137,7 @@ class RunResult:
     samples: list[SampleResult] = field(default_factory=list)
     seconds: float = 0.0  # in the model calls only
     loader_skipped: int = 0  # samples the loader could not decode (its own count, beside ours from the names)
+    cut_short: bool = False  # stopped at plan.max_batches: samples not evaluated were left out, not unreadable
 
 
 @dataclass
@@ -189,6 +190,8 @@ def _run_setting(m: _Loaded, bench: Benchmark, setting: str, plan: EvalPlan, kap
     stats = LoaderStats()
     for i, batch in enumerate(loader):
         if plan.max_batches is not None and i >= plan.max_batches:
+            for run in runs.values():
+                run.cut_short = True
             break
         stats.update(batch)
         batch = to_device(batch, device)

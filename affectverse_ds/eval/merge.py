@@ -20,6 +20,7 @@ def merge_outputs(parts: Iterable[RankOutput]) -> RankOutput:
             index[key].samples += run.samples
             index[key].seconds = max(index[key].seconds, run.seconds)  # ranks run side by side
             index[key].loader_skipped += run.loader_skipped
+            index[key].cut_short |= run.cut_short
         for key, sums in part.fidelity.items():
             merged.fidelity.setdefault(key, FidelitySums()).merge(sums)
         for key, sums in part.mama.items():

@@ -42,10 +42,14 @@ def score_run(run: RunResult, bench: Benchmark, gold: GoldSet, ctx: ScoringConte
         preds.add(s.name, s.prediction)
     rep = score_predictions(bench, gold.labels, preds, ctx)
     evaluated = set(preds.entries)
-    media_failed = sorted(set(gold.in_shards) - evaluated)
+    not_evaluated = sorted(set(gold.in_shards) - evaluated)
+    # a run cut short by --max-batches left samples out: they are not media failures (those it met were skipped
+    # by the loader, loader_skipped)
+    media_failed, left_out = ([], not_evaluated) if run.cut_short else (not_evaluated, [])
     counts = {
         "samples": len(gold.labels.labels), "in_shards": len(gold.in_shards), "evaluated": len(evaluated),
         "media_failed": len(media_failed), "media_failed_names": media_failed,
+        "left_out_by_max_batches": len(left_out),
         "loader_skipped": run.loader_skipped,
         "build_rejected": len(gold.build_rejected), "build_rejected_reasons": dict(gold.build_rejected),
         # rejected without a label in the manifest (e.g. the scanner found no media): cannot be scored

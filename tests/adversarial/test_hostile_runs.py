@@ -98,6 +98,21 @@ def test_max_batches_that_evaluates_nothing_is_refused_at_parse_time(value, eval
         EvalPlan([str(ckpt)], max_batches=int(value))
 
 
+def test_samples_left_out_by_max_batches_are_not_reported_as_unreadable(tmp_path, tiny_backbone_dir, capsys):
+    evaluate_tests = _module(REPO / "tests" / "eval" / "test_evaluate.py")
+    eval_conftest = _module(REPO / "tests" / "eval" / "conftest.py")
+    c = corpus.write_corpus_shards(tmp_path / "shards", split="test", n_good=4, kinds=[], n_shards=1)
+    eval_conftest.write_tiny_wheels(tmp_path / "reference" / "emotion_wheel")
+    cfg = evaluate_tests.tiny_eval_config(tiny_backbone_dir, c.folder, tmp_path / "reference")  # batches of 2
+    ckpt = evaluate_tests.make_checkpoint(cfg, tmp_path / "ckpt" / "step_000001", 1)
+    capsys.readouterr()
+    assert _evaluate(dump_config(cfg, tmp_path / "eval.yaml"), ckpt / "export", tmp_path / "results",
+                     "--max-batches", "1") == 0
+    counts = json.loads((tmp_path / "results" / "meld.json").read_text())["runs"][0]["counts"]
+    assert (counts["evaluated"], counts["left_out_by_max_batches"], counts["media_failed"]) == (2, 2, 0)
+    assert "could not be read" not in (tmp_path / "results" / "summary.md").read_text()
+
+
 def test_a_checkpoint_path_holding_an_equals_sign_is_a_checkpoint(tmp_path):
     launch = _module(REPO / "launch" / "evaluate.py")
     ckpt = tmp_path / "runs" / "lr=1e-4" / "step_000001"
