@@ -105,3 +105,61 @@ def test_the_check_script_parses_and_uses_the_no_index_install():
     text = (REPO / "bench" / "gpu_check.sh").read_text()
     assert "--no-index --no-deps --no-compile --no-cache-dir --upgrade" in text
     assert "2>/dev/null" not in text.split("summary()")[1], "no stderr dropped after the setup: failures must show"
+
+
+def package_imports() -> dict[str, str]:
+    """{top-level module: the first file importing it} for every non-stdlib import in affectverse_ds (any depth)."""
+    import ast
+    import sys
+
+    found: dict[str, str] = {}
+    for path in sorted((REPO / "affectverse_ds").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top != "affectverse_ds":
+                    found.setdefault(top, str(path.relative_to(REPO)))
+    return found
+
+
+def distribution_of(module: str) -> str:
+    from importlib.metadata import packages_distributions
+
+    dists = packages_distributions().get(module)
+    assert dists, f"{module}: imported by the package but installed by no distribution here"
+    return norm(dists[0])
+
+
+def declared(name: str) -> set[str]:
+    return {norm(re.split(r"[<>=!~ ]", line.split("#")[0].strip())[0])
+            for line in (REPO / name).read_text().splitlines() if line.split("#")[0].strip()}
+
+
+OPTIONAL = {"flash_attn"}  # requirements-gpu.txt: the GPU extra, imported only when installed
+
+
+def test_every_third_party_import_is_a_declared_requirement():
+    """A user's `pip install -r requirements.txt` must give the package all it imports (scipy came only with
+    the test extras before)."""
+    imports = package_imports()
+    assert {"torch", "transformers", "deepspeed"} <= set(imports), "the scan is not seeing the package's imports"
+    runtime = declared("requirements.txt")
+    missing = {m: f for m, f in imports.items() if m not in OPTIONAL and distribution_of(m) not in runtime}
+    assert not missing, f"imported but not in requirements.txt: {missing}"
+
+
+def test_every_import_reaches_the_lent_gpu_machine():
+    """What the package imports is in the image or in the kit, or is named as not carried (PyAV, flash-attn):
+    a new dependency that the kit lacks would otherwise surface only on the GPU, minutes into a device call."""
+    image = {norm(n) for line in (GPU / "image_packages.txt").read_text().splitlines()
+             if not line.startswith("#") for n in line.split()}
+    there = image | set(kit_pins())
+    not_carried = {"av": "PyAV: decodes raw media only (bench/gpu/kit.txt)", "flash_attn": "optional GPU extra"}
+    missing = {m: f for m, f in package_imports().items() if m not in not_carried and distribution_of(m) not in there}
+    assert not missing, f"imported but neither in the GPU image nor in bench/gpu/kit.txt: {missing}"
