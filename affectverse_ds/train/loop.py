@@ -178,7 +178,8 @@ class Trainer:
             epoch, start = self.position["epoch"], self.position["micro_in_epoch"]
             loader = self.build_loader(cfg, self.tokenizer, rank=info.rank, world=info.world_size,
                                        epoch=epoch, start_batch=start, pin_memory=self.device.type == "cuda")
-            for batch in loader:
+            batches = iter(loader)
+            for batch in batches:
                 self._micro_step(batch, acc)
                 self.position["micro_in_epoch"] += 1
                 if acc.micro < cfg.train.grad_accum:
@@ -204,6 +205,7 @@ class Trainer:
                     got = self.position["micro_in_epoch"]
                     raise RuntimeError(f"epoch {epoch}: the train loader stopped after {got} micro-batches, "
                                        f"the plan has {self.plan.batches_per_epoch}")
+            batches.close()  # a run that stops mid-epoch ends its loader workers now, not at interpreter exit
         stop.restore()
         result.steps, result.stop_reason = self.position["step"], reason
         result.skipped_steps, result.message = self.nonfinite.total, self.nonfinite.stop_message
