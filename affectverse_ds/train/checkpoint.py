@@ -307,6 +307,20 @@ def choose_resume(ckpt_dir: str | Path, resume: str) -> tuple[Path | None, list[
     return None, notes, f"resume auto: no usable checkpoint in {ckpt_dir}: all {len(done)} complete ones are damaged"
 
 
+def check_world_size(path: Path, world: int) -> None:
+    """Refuse, in one line naming both sizes, a checkpoint that another number of ranks wrote.
+
+    ZeRO writes one optimizer partition per rank (``zero_pp_rank_<r>_mp_rank_00_optim_states.pt``) and loads
+    them by rank: on another world size DeepSpeed fails deep inside with a ``ZeRORuntimeException``. The
+    trainable state is small (~35M parameters) and could be consolidated and re-split, but DeepSpeed's way
+    (universal checkpoints) loads with pickle, which resume refuses; so this is refused, not resharded."""
+    saved = len(list(path.glob("zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+    if saved and saved != world:
+        raise CheckpointError(f"{path}: written by {saved} ranks, this run has {world}: ZeRO's optimizer partitions "
+                              f"do not reshard; resume on {saved} ranks, or start a new run (its export/ holds the "
+                              f"trained LoRA and EWM weights)")
+
+
 def resolve_resume(ckpt_dir: str | Path, resume: str, info: dist.DistInfo) -> Path | None:
     """``choose_resume`` on rank 0, broadcast, so every rank resumes the same folder or raises the same error."""
     decision = choose_resume(ckpt_dir, resume) if info.is_main else None

@@ -130,6 +130,7 @@ class Trainer:
         path = ckpt.resolve_resume(self.out_dir / "checkpoints", resume, self.info)  # verified, same on every rank
         if path is None:
             return
+        ckpt.check_world_size(path, self.info.world_size)  # before DeepSpeed fails on it with a traceback
         try:  # before loading: a changed weight shape would fail inside DeepSpeed with a size mismatch
             saved = safe_yaml.load_file(path / "config.yaml")
             changes = config_change.check_before_load(saved if isinstance(saved, dict) else {}, to_dict(self.cfg),

@@ -124,3 +124,19 @@ def test_training_tears_its_process_group_down_before_exiting(monkeypatch, tmp_p
     monkeypatch.setattr(dist, "shutdown", lambda: calls.append("shutdown"))
     assert launch.main(["--ds", "ds_configs/zero2.json", "--config", str(TINY), f"train.out_dir={tmp_path}"]) == 0
     assert calls == ["init", "train", "shutdown"]
+
+
+@pytest.mark.parametrize("saved, world", [(2, 1), (2, 4)])
+def test_resume_on_another_world_size_is_one_line_naming_both(tmp_path, saved, world):
+    """Pre-emptible clusters hand out other allocations: ZeRO's per-rank partitions do not reshard, and
+    DeepSpeed failed deep inside with a ZeRORuntimeException; now one line with both sizes, nothing loaded."""
+    step = tmp_path / "step_000002"
+    step.mkdir()
+    for rank in range(saved):
+        (step / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"x")
+    with pytest.raises(ckpt.CheckpointError) as err:
+        ckpt.check_world_size(step, world)
+    message = str(err.value)
+    assert "\n" not in message and f"written by {saved} ranks, this run has {world}" in message
+    ckpt.check_world_size(step, saved)  # the same world resumes
+    ckpt.check_world_size(tmp_path, world)  # a folder with no partitions is not this check's to judge
