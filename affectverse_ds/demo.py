@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from affectverse_ds import preflight
-from affectverse_ds.train.distributed import free_port
+from affectverse_ds.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "launch/configs/demo.yaml"

@@ -38,7 +38,7 @@ from affectverse_ds.data.media import DecodeConfig
 from affectverse_ds.data.schema import FPS, FRAME_SIZE, SAMPLE_RATE
 from affectverse_ds.data.shards import sample_meta
 from affectverse_ds.eval.inference import decode_answers
-from affectverse_ds.train.export import CheckpointError, load_checkpoint_model, resolve_checkpoint
+from affectverse_ds.model.export import CheckpointError, load_checkpoint_model, resolve_checkpoint
 from affectverse_ds.eval.extract import LexiconExtractor, SentimentMapper, list_items
 
 TRAJECTORY_RATIOS = tuple(round(0.1 * k, 1) for k in range(1, 11))  # 10%, 20%, ..., 100% (Fig. 7)

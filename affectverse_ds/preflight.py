@@ -251,7 +251,7 @@ def ensure_tiny_backbone(path: str | Path) -> Path:
 def for_training(cfg, world: int | None = None) -> None:
     """Raise :class:`PreflightError` unless a training run of ``cfg`` on ``world`` ranks can start."""
     if world is None:
-        from affectverse_ds.train.distributed import dist_info_from_env
+        from affectverse_ds.distributed import dist_info_from_env
         world = dist_info_from_env().world_size
     require(training_checks(cfg, world))
 
@@ -270,6 +270,8 @@ def exit_on_failure(run: Callable[[], None]) -> None:
     try:
         run()
     except PreflightError as err:
-        if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":
+        from affectverse_ds.distributed import dist_info_from_env
+
+        if dist_info_from_env().is_main:  # the launchers' variables are read in one module
             print(err, file=sys.stderr, flush=True)
         raise SystemExit(2) from None

@@ -41,7 +41,7 @@ def build_inputs(folder: Path, benchmarks: list[str], n: int, backbone: Path) ->
     from affectverse_ds.config import dump_config
     from affectverse_ds.data.shards import build_shards
     from affectverse_ds.model.affect_model import build_model
-    from affectverse_ds.train.export import export_trainable
+    from affectverse_ds.model.export import export_trainable
     from data_prep.make_fixtures import make_fixture
 
     shards = folder / "shards"

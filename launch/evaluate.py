@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from affectverse_ds.data.loader import LoaderError
     from affectverse_ds.eval.evaluate import run_evaluation
-    from affectverse_ds.train.export import CheckpointError
+    from affectverse_ds.model.export import CheckpointError
 
     try:
         cfg = load_config(args.config, args.overrides)

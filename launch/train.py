@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         from affectverse_ds.train.loop import Trainer
 
         result = Trainer(cfg, args.ds, resume=args.resume, allow_change=tuple(args.allow_change)).train()
-        from affectverse_ds.train import distributed as dist
+        from affectverse_ds import distributed as dist
 
         # every rank waits for the others, then the group goes down before the process exits: exiting under a
         # live group aborted 1 in ~58 finished 2-rank runs ("terminate called without an active exception",

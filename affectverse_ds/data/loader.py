@@ -51,7 +51,7 @@ from affectverse_ds.data import schema
 from affectverse_ds.data.batch import Batch
 from affectverse_ds.data.collator import DecodedSample, SampleEncoder, SampleError, collate
 from affectverse_ds.data.tars import tar_samples
-from affectverse_ds.train.run_length import RunPlan, make_run_plan
+from affectverse_ds.data.run_length import RunPlan, make_run_plan
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class TrainPlan:
         shards: benchmark -> its train shards.
         weights: benchmark -> mixing weight (expected passes over its shards per epoch).
         num_samples: samples in one epoch (sum of weight x samples).
-        run: the run's length in micro-batches and optimizer steps (``train/run_length.py``, the one place it is computed).
+        run: the run's length in micro-batches and optimizer steps (``data/run_length.py``, the one place it is computed).
     """
 
     shards: dict[str, list[Shard]]
@@ -174,7 +174,7 @@ class TrainPlan:
 
     @property
     def batches_per_epoch(self) -> int:
-        """Micro-batches every rank reads per epoch: whole accumulation windows (see ``train/run_length.py``)."""
+        """Micro-batches every rank reads per epoch: whole accumulation windows (see ``data/run_length.py``)."""
         return self.run.batches_per_epoch
 
 

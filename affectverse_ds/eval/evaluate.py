@@ -27,7 +27,7 @@ preparation at kappa = 1.
 
 This module orchestrates; each job has its own module, in the order a run meets them:
 
-    train/export.py    resolve a checkpoint folder, build its model, load its weights
+    model/export.py    resolve a checkpoint folder, build its model, load its weights
     eval/inference.py  one rank's predictions (candidates, generate / rank, the probes on each batch)
     eval/probes.py     Table 8 imagination fidelity and MAMA attention sums
     eval/merge.py      rank outputs gathered on rank 0 -> one
@@ -55,8 +55,8 @@ from affectverse_ds.eval.probes import (MAMA_SAMPLES, PREDICTORS, STREAMS, Fidel
                                         probe_kappas, step_fidelity)
 from affectverse_ds.eval.results import (PLOTS_DIR, EvalOutcome, ScoredRun, score_all, score_run,  # noqa: F401
                                          write_benchmark_json, write_results, write_summary)
-from affectverse_ds.train import distributed as dist
-from affectverse_ds.train.export import (EXPORT_DIR, CheckpointError, CheckpointRef, load_checkpoint_model,  # noqa: F401
+from affectverse_ds import distributed as dist
+from affectverse_ds.model.export import (EXPORT_DIR, CheckpointError, CheckpointRef, load_checkpoint_model,  # noqa: F401
                                          load_trained_weights, model_config, resolve_checkpoint)
 
 

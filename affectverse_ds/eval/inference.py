@@ -19,8 +19,8 @@ from affectverse_ds.eval.predictions import Prediction
 from affectverse_ds.eval.probes import (MAMA_SAMPLES, FidelitySums, MamaSums, fidelity_from_trace, imagination_trace,
                                         mama_weights, probe_kappas)
 from affectverse_ds.model.backbone import load_tokenizer
-from affectverse_ds.train import distributed as dist
-from affectverse_ds.train.export import load_checkpoint_model, resolve_checkpoint
+from affectverse_ds import distributed as dist
+from affectverse_ds.model.export import load_checkpoint_model, resolve_checkpoint
 
 
 @dataclass(frozen=True)

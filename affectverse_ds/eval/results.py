@@ -19,7 +19,7 @@ from affectverse_ds.eval.predictions import PredictionSet, write_predictions
 from affectverse_ds.eval.report import ImaginationRow, RunScore
 from affectverse_ds.eval.unibench import ScoreReport, ScoringContext, score_predictions
 from affectverse_ds.eval.wheel import load_wheels, wheel_dir_for
-from affectverse_ds.train.export import model_config, resolve_checkpoint
+from affectverse_ds.model.export import model_config, resolve_checkpoint
 
 PLOTS_DIR = "plots"
 

@@ -124,7 +124,7 @@ def clip_fidelity(checkpoint: Path, config: str, overrides: list[str], keep_rati
     """
     from affectverse_ds.config import load_config
     from affectverse_ds.data.loader import build_eval_loader
-    from affectverse_ds.train.export import load_checkpoint_model, resolve_checkpoint
+    from affectverse_ds.model.export import load_checkpoint_model, resolve_checkpoint
     from affectverse_ds.model.backbone import load_tokenizer
 
     cfg = load_config(config, overrides)

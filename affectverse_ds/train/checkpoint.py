@@ -30,8 +30,8 @@ import torch
 
 from affectverse_ds.bounded import BoundedReadError, os_reason, read_bounded
 from affectverse_ds.config import AffectVerseConfig, dump_config
-from affectverse_ds.train import distributed as dist
-from affectverse_ds.train.export import (  # the export beside its loading: one error class, one step-folder name
+from affectverse_ds import distributed as dist
+from affectverse_ds.model.export import (  # the export beside its loading: one error class, one step-folder name
     COMPLETE, STEP_RE as _STEP_RE, CheckpointError, export_trainable, step_tag)
 
 INTEGRITY = "INTEGRITY.json"

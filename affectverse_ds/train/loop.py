@@ -2,9 +2,9 @@
 
 DeepSpeed already divides the loss by the gradient-accumulation steps; nothing
 here divides again. Every rank runs the same number of micro-batches per epoch,
-whole accumulation windows only (``train/run_length.py``), so ZeRO-2's collective calls
+whole accumulation windows only (``data/run_length.py``), so ZeRO-2's collective calls
 always pair up and every epoch ends on an optimizer step. The run's length comes
-from one :class:`~affectverse_ds.train.run_length.RunPlan`: the loop, the scheduler, the
+from one :class:`~affectverse_ds.data.run_length.RunPlan`: the loop, the scheduler, the
 progress bar and the logged ETA all read it. The last step always saves a checkpoint.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from affectverse_ds.config import AffectVerseConfig, dump_config, to_dict
 from affectverse_ds.data.batch import AUDIO_TOKEN_ID, VIDEO_TOKEN_ID, to_device
 from affectverse_ds.train import checkpoint as ckpt
 from affectverse_ds.train import config_change
-from affectverse_ds.train import distributed as dist
+from affectverse_ds import distributed as dist
 from affectverse_ds.train.logging import FlopCounter, MetricsLogger, device_peak_tflops, peak_memory_gb
 from affectverse_ds.train.nonfinite import NonFiniteGuard
 

@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from affectverse_ds.train import distributed as dist
+from affectverse_ds import distributed as dist
 
 
 class NonFiniteGuard:

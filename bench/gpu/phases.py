@@ -141,7 +141,7 @@ def _launch(cmd: list[str], log: Path, env: dict) -> float:
 def phase_train(out: Path, rehearsal: bool, work: Path) -> int:
     """Two launches of ``deepspeed --num_gpus 1 launch/train.py``: steps 1-2 (stop_after_steps), then
     ``--resume auto`` to step 4; accumulation 2; a checkpoint (and its export) at steps 2 and 4."""
-    from affectverse_ds.train.distributed import free_port
+    from affectverse_ds.distributed import free_port
 
     shards = REPO / os.environ.get("KIT", ".gpukit") / "shards"
     if not (shards / "sizes.json").is_file():

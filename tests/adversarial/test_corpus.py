@@ -24,7 +24,7 @@ from affectverse_ds.config import ConfigError, dump_config, load_config
 from affectverse_ds.data import schema
 from affectverse_ds.data.collator import SampleError
 from affectverse_ds.data.loader import LoaderError, build_eval_loader, build_train_loader, decode_sample, read_sizes
-from affectverse_ds.train.distributed import free_port
+from affectverse_ds.distributed import free_port
 
 sys.path.insert(0, str(Path(__file__).parent))
 import corpus  # noqa: E402

@@ -12,7 +12,7 @@ import pytest
 from affectverse_ds import preflight
 from affectverse_ds.config import load_config
 from affectverse_ds.train import checkpoint as ckpt
-from affectverse_ds.train import distributed as dist
+from affectverse_ds import distributed as dist
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "launch" / "configs" / "tiny.yaml"

@@ -79,7 +79,7 @@ def test_fifo_config_is_refused_without_blocking(tmp_path):
 
 @pytest.mark.parametrize("kind", ["alias_bomb", "python_object_tag", "deep_100k", "not_utf8"])
 def test_hostile_checkpoint_config_is_one_line_naming_it(kind, tmp_path, monkeypatch):
-    from affectverse_ds.train.export import model_config
+    from affectverse_ds.model.export import model_config
 
     monkeypatch.chdir(tmp_path)
     export = tmp_path / "step_000001" / "export"
@@ -123,7 +123,7 @@ import json, resource, sys
 from affectverse_ds.config import ConfigError, load_config
 where, tiny, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
 if where == "checkpoint":
-    from affectverse_ds.train.export import model_config
+    from affectverse_ds.model.export import model_config
     base = load_config(tiny)
     read = lambda p: model_config(base, p)
 else:

@@ -124,7 +124,7 @@ def test_a_checkpoint_path_holding_an_equals_sign_is_a_checkpoint(tmp_path):
 
 
 def test_an_interrupted_save_is_evaluated_with_a_warning_and_recorded(tmp_path, tiny_backbone_dir, capsys):
-    from affectverse_ds.train.export import resolve_checkpoint
+    from affectverse_ds.model.export import resolve_checkpoint
 
     evaluate_tests = _module(REPO / "tests" / "eval" / "test_evaluate.py")
     eval_conftest = _module(REPO / "tests" / "eval" / "conftest.py")

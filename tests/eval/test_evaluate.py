@@ -22,7 +22,7 @@ from affectverse_ds.data import schema
 from affectverse_ds.data.batch import IM_END_ID
 from affectverse_ds.eval import evaluate as ev
 from affectverse_ds.eval import inference
-from affectverse_ds.train.distributed import DistInfo, free_port
+from affectverse_ds.distributed import DistInfo, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CORRUPT = 1  # meld sample whose first JPEG is truncated: unreadable with video, fine without
@@ -44,9 +44,9 @@ def tiny_eval_config(backbone: Path, shard_dir: Path, reference: Path, *extra: s
 
 def make_checkpoint(cfg, folder: Path, seed: int) -> Path:
     """A checkpoint as training writes it (``step_NNNNNN/export/``), without DeepSpeed: the tiny model with
-    its trainable weights moved away from their init, exported by ``train.export.export_trainable``."""
+    its trainable weights moved away from their init, exported by ``model.export.export_trainable``."""
     from affectverse_ds.model.affect_model import build_model
-    from affectverse_ds.train.export import export_trainable
+    from affectverse_ds.model.export import export_trainable
 
     torch.manual_seed(seed)
     model = build_model(cfg, "cpu")

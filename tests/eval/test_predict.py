@@ -20,7 +20,7 @@ SECONDS = 2.0
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_backbone_dir, tiny_wheel_dir):
     from affectverse_ds.model.affect_model import build_model
-    from affectverse_ds.train.export import export_trainable
+    from affectverse_ds.model.export import export_trainable
     from data_prep.make_fixtures import encode_clip
 
     root = tmp_path_factory.mktemp("predict")

@@ -96,7 +96,7 @@ def test_bf16_thinker_with_fp32_ewm_forward_backward(tiny_cfg, batch_maker):
 @pytest.fixture
 def world_of_one():
     """This process as a world of one (no launcher); the group and DeepSpeed's variables are gone afterwards."""
-    from affectverse_ds.train import distributed as dist
+    from affectverse_ds import distributed as dist
 
     # the training tests' list of the variables a launcher sets (tests/train/conftest.py), loaded by path
     spec = importlib.util.spec_from_file_location("_train_fixtures_bf16", REPO / "tests" / "train" / "conftest.py")

@@ -45,7 +45,7 @@ import pytest
 import torch
 
 from affectverse_ds.data.batch import AUDIO_TOKEN_ID, VIDEO_TOKEN_ID
-from affectverse_ds.train.distributed import free_port
+from affectverse_ds.distributed import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -38,7 +38,7 @@ def single_process():
     for key in LAUNCHER_VARS:
         os.environ.pop(key, None)
     yield
-    from affectverse_ds.train import distributed as dist
+    from affectverse_ds import distributed as dist
 
     dist.shutdown()  # DeepSpeed's teardown too: the next module's engine must not meet its stale cached groups
     os.environ.clear()

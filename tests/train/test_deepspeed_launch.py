@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from affectverse_ds.train.distributed import free_port
+from affectverse_ds.distributed import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from affectverse_ds.config import ConfigError, load_config
-from affectverse_ds.train.distributed import dist_info_from_env, first_slurm_host
+from affectverse_ds.distributed import dist_info_from_env, first_slurm_host
 from affectverse_ds.train.engine import fill_ds_config, load_ds_config
 
 REPO = Path(__file__).resolve().parents[2]

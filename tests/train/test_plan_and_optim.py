@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from affectverse_ds.config import ConfigError, load_config
-from affectverse_ds.train.run_length import make_run_plan
+from affectverse_ds.data.run_length import make_run_plan
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from affectverse_ds.train import checkpoint as ckpt
-from affectverse_ds.train.distributed import DistInfo
+from affectverse_ds.distributed import DistInfo
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -101,7 +101,7 @@ def test_universal_checkpoint_loading_is_refused_in_the_policy(tmp_path):
 
 _ROUND_TRIP = textwrap.dedent("""
     import os, sys, torch
-    from affectverse_ds.train.distributed import free_port
+    from affectverse_ds.distributed import free_port
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     import deepspeed
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)

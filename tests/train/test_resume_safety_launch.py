@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from affectverse_ds.train import checkpoint as ckpt
-from affectverse_ds.train.distributed import free_port
+from affectverse_ds.distributed import free_port
 
 pytestmark = pytest.mark.slow
 

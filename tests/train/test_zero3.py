@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 _SCRIPT = textwrap.dedent("""
     import json, os, sys, torch
-    from affectverse_ds.train.distributed import free_port
+    from affectverse_ds.distributed import free_port
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     import deepspeed
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -24,7 +24,7 @@ _SCRIPT = textwrap.dedent("""
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
     from affectverse_ds.config import load_config
     from affectverse_ds.train import checkpoint as ckpt
-    from affectverse_ds.train.distributed import DistInfo
+    from affectverse_ds.distributed import DistInfo
     from affectverse_ds.train.engine import fill_ds_config, load_ds_config
 
     out = sys.argv[1]
