@@ -4,11 +4,13 @@ with replacement, and the 2.5th / 97.5th percentiles of the resampled values (a 
 Resampling is seeded, so an evaluation's intervals are reproducible. Each clip's part of the main score is
 read once with the scorer's own helpers; a resample then costs numpy sums (tests check that the full sample
 gives exactly ``unibench``'s score). scipy.stats.bootstrap would handle the means but not the protocol's
-per-wheel ratios over a resample.
+per-wheel ratios over a resample. This is the one bootstrap of the package: the EWM-vs-LoRA experiment's
+intervals (2000 resamples) call :func:`mean_interval` and :func:`bootstrap` too.
 """
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -29,15 +31,24 @@ def _resample(n: int, resamples: int, seed: int) -> np.ndarray:
 
 def percentile_interval(values: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper percentiles over axis 0 (NaN resamples ignored)."""
-    tail = 100.0 * (1.0 - level) / 2.0
+    tail = (100.0 - 100.0 * level) / 2.0  # exactly 2.5 for 0.95 (100 * (1 - 0.95) / 2 is 2.500000000000002)
     return np.nanpercentile(values, tail, axis=0), np.nanpercentile(values, 100.0 - tail, axis=0)
 
 
 def mean_interval(per_sample: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Interval of the mean over clips: per_sample (n, S) -> low (S,), high (S,)."""
+    """Interval of the mean over clips: per_sample (n, S) -> low (S,), high (S,); (n,) -> two scalars."""
     per_sample = np.asarray(per_sample, dtype=np.float64)
     means = per_sample[_resample(len(per_sample), resamples, seed)].mean(axis=1)  # (R, S)
     return percentile_interval(means)
+
+
+def bootstrap(statistic: Callable[[np.ndarray], float], n: int, resamples: int = RESAMPLES,
+              seed: int = SEED) -> tuple[float, float, float]:
+    """(value on all n clips, low, high) of any statistic of clip indices (n,), e.g. a score over wheels or a
+    paired difference (pass a statistic that scores both models on the same indices)."""
+    values = np.array([statistic(idx) for idx in _resample(n, resamples, seed)], dtype=np.float64)
+    low, high = percentile_interval(values)
+    return float(statistic(np.arange(n))), float(low), float(high)
 
 
 def _terms(bench: Benchmark, gts: list[Label], samples: list, ctx: ScoringContext) -> dict[str, np.ndarray]:

@@ -35,12 +35,14 @@ import numpy as np
 import torch
 
 from affectverse_ds import demo
+from affectverse_ds.eval import intervals
 from affectverse_ds.eval.wheel import PACKAGED_WHEEL_DIR
 from affectverse_ds.model.ewm import EmotionWorldModule, adaptive_pool_matrix
 from affectverse_ds.train.checkpoint import latest_checkpoint
 
 MODELS = {"ewm_past": ["ewm.context_source=past"], "ewm_full": ["ewm.context_source=full"], "lora": demo.BASELINE}
 EWM_MODELS = ("ewm_past", "ewm_full")
+BOOT_RESAMPLES = 2000  # over test clips (evaluation's own intervals use eval.intervals.RESAMPLES)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -58,16 +60,13 @@ def t_interval(values: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def bootstrap_interval(per_clip: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high): 95% percentile bootstrap over clips of the mean of ``per_clip`` (one value per clip).
-
-    For a paired comparison pass the per-clip differences (both models on the same clips).
+def bootstrap_interval(per_clip: np.ndarray, n_boot: int = BOOT_RESAMPLES, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): 95% percentile bootstrap over clips of the mean of ``per_clip`` (one value per clip),
+    by ``eval.intervals``. For a paired comparison pass the per-clip differences (both models on the same clips).
     """
     x = np.asarray(per_clip, dtype=float)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
-    means = x[idx].mean(1)
-    return float(x.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    low, high = intervals.mean_interval(x, n_boot, seed)
+    return float(x.mean()), float(low), float(high)
 
 
 # ----------------------------------------------------------------------------- per-clip scores
@@ -79,19 +78,16 @@ def wheel_score(hits: np.ndarray) -> float:
     return float(np.nanmean(np.nanmean(hits, axis=0)))
 
 
-def bootstrap_score_interval(hits: np.ndarray, base: np.ndarray | None = None, n_boot: int = 2000,
+def bootstrap_score_interval(hits: np.ndarray, base: np.ndarray | None = None, n_boot: int = BOOT_RESAMPLES,
                              seed: int = 0) -> tuple[float, float, float]:
     """(score, low, high): 95% percentile bootstrap over clips of :func:`wheel_score`, or of the paired
-    difference to ``base`` (the same resampled clips for both)."""
-    rng = np.random.default_rng(seed)
+    difference to ``base`` (the same resampled clips for both), by ``eval.intervals``."""
 
     def stat(idx):
         value = wheel_score(hits[idx])
         return value - wheel_score(base[idx]) if base is not None else value
 
-    point = stat(np.arange(len(hits)))
-    boots = [stat(rng.integers(0, len(hits), len(hits))) for _ in range(n_boot)]
-    return point, float(np.nanpercentile(boots, 2.5)), float(np.nanpercentile(boots, 97.5))
+    return intervals.bootstrap(stat, len(hits), n_boot, seed)
 
 
 def clip_hits(process_dir: Path, predictions: Path, wheel_dir: Path) -> dict[str, list[float]]:
