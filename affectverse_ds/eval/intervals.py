@@ -80,7 +80,7 @@ def _resampled_main(group: str, terms: dict[str, np.ndarray], idx: np.ndarray) -
     with np.errstate(invalid="ignore", divide="ignore"):
         n = terms["scored"][:, idx].sum(-1)  # (W, R)
         if group == "discrete":
-            per_wheel = terms["hit"][:, idx].sum(-1) / n
+            per_wheel = metrics.wheel_hit_rates(terms["hit"][:, idx], terms["scored"][:, idx])
         else:
             p, r = terms["p"][:, idx].sum(-1) / n, terms["r"][:, idx].sum(-1) / n
             per_wheel = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)

@@ -93,8 +93,30 @@ def hit_rate_wheel(gt: ClusterSets, pred: ClusterSets) -> tuple[float, int]:
         (hit rate, number of samples scored); NaN rate when none is scored.
     """
     _check_same_length(gt, pred)
-    hits = [bool(g & p) for g, p in zip(gt, pred) if g]
-    return (float(np.mean(hits)) if hits else float("nan")), len(hits)
+    scored = np.array([bool(g) for g in gt], dtype=bool)
+    hit = np.array([bool(g & p) for g, p in zip(gt, pred)], dtype=bool)
+    return float(wheel_hit_rates(hit, scored)), int(scored.sum())
+
+
+def wheel_hit_rates(hit: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    """The one HIT computation: per wheel, the mean hit over the samples it scores.
+
+    The protocol's score (:func:`hit_rate`), its bootstrap (``eval.intervals``) and the EWM-vs-LoRA
+    experiment's per-clip hits averaged over seeds all reduce to this.
+
+    Args:
+        hit: (..., n) hit of each sample, bool or a number (e.g. a hit averaged over seeds); ignored
+            where not scored.
+        scored: (..., n) bool, the sample's mapped GT is non-empty on that wheel.
+
+    Returns:
+        (...,) hit rates in the unit of ``hit``; NaN where nothing is scored.
+    """
+    scored = np.asarray(scored, dtype=bool)
+    n = scored.sum(-1)
+    total = np.where(scored, hit, 0).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, total / n, np.nan)
 
 
 def hit_rate(gt_by_wheel: Sequence[ClusterSets], pred_by_wheel: Sequence[ClusterSets]) -> WheelScore:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from affectverse_ds import demo
-from affectverse_ds.eval import intervals
+from affectverse_ds.eval import intervals, metrics
 from affectverse_ds.eval.wheel import PACKAGED_WHEEL_DIR
 from affectverse_ds.model.ewm import EmotionWorldModule, adaptive_pool_matrix
 from affectverse_ds.train.checkpoint import latest_checkpoint
@@ -74,8 +74,11 @@ def bootstrap_interval(per_clip: np.ndarray, n_boot: int = BOOT_RESAMPLES, seed:
 
 def wheel_score(hits: np.ndarray) -> float:
     """MER-UniBench HIT (%) from per-clip, per-wheel hits (clips, wheels): the mean over wheels of each
-    wheel's hit rate among the clips whose label maps onto it (NaN entries: not mapped)."""
-    return float(np.nanmean(np.nanmean(hits, axis=0)))
+    wheel's hit rate among the clips whose label maps onto it (NaN entries: not mapped), by
+    ``metrics.wheel_hit_rates``. Unlike the protocol's mean, a wheel that scores no clip of a resample is
+    left out rather than making the score NaN."""
+    per_wheel = metrics.wheel_hit_rates(hits.T, ~np.isnan(hits.T))  # (wheels,)
+    return float(np.nanmean(per_wheel))
 
 
 def bootstrap_score_interval(hits: np.ndarray, base: np.ndarray | None = None, n_boot: int = BOOT_RESAMPLES,
