@@ -83,8 +83,15 @@ def step_fidelity(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tenso
 
 
 def fidelity_from_trace(trace, sums: FidelitySums) -> None:
-    """Add one batch's Table 8 statistics: the EWM's imagined tokens and the two baselines, against the
-    pooled real future of each stream, for every sample whose stream has a future.
+    """Add one batch's Table 8 statistics (see :func:`trace_fidelity`) to ``sums``."""
+    for stream, predictor, _, cos, mse in trace_fidelity(trace):
+        sums.add(stream, predictor, cos, mse)
+
+
+def trace_fidelity(trace):
+    """The one Table 8 probe: the EWM's imagined tokens and the two baselines, against the pooled real future
+    of each stream, for every sample whose stream has a future (evaluation sums it; the EWM-vs-LoRA
+    experiment keeps it per clip).
 
     Baselines, on the same targets: ``repeat_last`` predicts the last observed token Z[T_p - 1] at every
     future position; ``mean_observed`` the mean of the observed tokens Z[:T_p]. Both are repeated over
@@ -92,7 +99,8 @@ def fidelity_from_trace(trace, sums: FidelitySums) -> None:
 
     Args:
         trace: see :func:`imagination_trace` (``z``, ``lengths``, ``split``, ``use``, ``imagined`` per stream).
-        sums: accumulator.
+    Yields:
+        (stream, predictor, valid (B,) bool: the samples measured, cos (n, S), mse (n, S)).
     """
     for m, stream in enumerate(STREAMS):
         z, length, split = trace.z[m].float(), trace.lengths[m].long(), trace.split[m].long()
@@ -111,7 +119,7 @@ def fidelity_from_trace(trace, sums: FidelitySums) -> None:
                                 ("repeat_last", last[:, None, None].expand(-1, n_steps, n_future, -1)),
                                 ("mean_observed", mean[:, None, None].expand(-1, n_steps, n_future, -1))):
             cos, mse = step_fidelity(pred, target)
-            sums.add(stream, predictor, cos, mse)
+            yield stream, predictor, valid, cos, mse
 
 
 def imagination_trace(model, batch: dict, kappa: float):

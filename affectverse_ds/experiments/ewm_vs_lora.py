@@ -37,7 +37,6 @@ import torch
 from affectverse_ds import demo
 from affectverse_ds.eval import intervals, metrics
 from affectverse_ds.eval.wheel import PACKAGED_WHEEL_DIR
-from affectverse_ds.model.ewm import EmotionWorldModule, adaptive_pool_matrix
 from affectverse_ds.train.checkpoint import latest_checkpoint
 
 MODELS = {"ewm_past": ["ewm.context_source=past"], "ewm_full": ["ewm.context_source=full"], "lora": demo.BASELINE}
@@ -119,7 +118,8 @@ def clip_fidelity(checkpoint: Path, config: str, overrides: list[str], keep_rati
     """Table 8 per clip: {kappa: {stream: {predictor: {"cos": {name: v}, "mse": {name: v}}}}}.
 
     Predictors: ``ewm`` (imagined tokens, mean over rollout steps), ``repeat_last`` (the last observed token)
-    and ``mean_observed`` (the mean of the observed tokens), each against the pooled real future.
+    and ``mean_observed`` (the mean of the observed tokens), each against the pooled real future, measured by
+    evaluation's own probe (``eval.probes.trace_fidelity``).
     """
     from affectverse_ds.config import load_config
     from affectverse_ds.data.loader import build_eval_loader
@@ -136,25 +136,20 @@ def clip_fidelity(checkpoint: Path, config: str, overrides: list[str], keep_rati
         per = out.setdefault(kappa, {})
         for batch in build_eval_loader(cfg, tok, "affectdyn", rank=0, world=1, setting="avt"):
             names = [str(m["name"]) for m in batch["meta"]]
-            trace = model.imagination_trace(batch, kappa)
-            for m, stream in enumerate(("v", "a")):
-                z, n, tp, use = trace.z[m], trace.lengths[m], trace.split[m], trace.use[m]
-                fut = (n - tp).clamp(min=0)
-                ok = use & (fut > 0)
-                target = adaptive_pool_matrix(tp, fut, trace.imagined[m].shape[2], z.shape[1]).to(z.dtype) @ z
-                rows = torch.arange(z.shape[0])
-                last = z[rows, (tp - 1).clamp(min=0)]
-                observed = adaptive_pool_matrix(torch.zeros_like(tp), tp, 1, z.shape[1]).to(z.dtype) @ z
-                preds = {"ewm": trace.imagined[m],
-                         "repeat_last": last[:, None, None].expand(-1, 1, target.shape[1], -1),
-                         "mean_observed": observed[:, None].expand(-1, 1, target.shape[1], -1)}
-                for pname, pred in preds.items():
-                    _, mse, cos = EmotionWorldModule.imagination_loss(pred, target)
-                    slot = per.setdefault(stream, {}).setdefault(pname, {"cos": {}, "mse": {}})
-                    for i in torch.nonzero(ok).flatten().tolist():
-                        slot["cos"][names[i]] = float(cos[i].mean())
-                        slot["mse"][names[i]] = float(mse[i].mean())
+            add_clip_fidelity(per, model.imagination_trace(batch, kappa), names)
     return out
+
+
+def add_clip_fidelity(per: dict, trace, names: list[str]) -> None:
+    """One batch into ``per`` ({stream: {predictor: {"cos": {name: v}, "mse": {name: v}}}}), each clip's value
+    the mean over rollout steps of evaluation's probe (``eval.probes.trace_fidelity``)."""
+    from affectverse_ds.eval.probes import trace_fidelity
+
+    for stream, pname, valid, cos, mse in trace_fidelity(trace):
+        slot = per.setdefault(stream, {}).setdefault(pname, {"cos": {}, "mse": {}})
+        for j, i in enumerate(torch.nonzero(valid).flatten().tolist()):
+            slot["cos"][names[i]] = float(cos[j].mean())
+            slot["mse"][names[i]] = float(mse[j].mean())
 
 
 # ----------------------------------------------------------------------------- the experiment

@@ -68,3 +68,46 @@ def test_command_line_defaults_parse_and_score_with_the_packaged_wheels():
     from pathlib import Path
 
     assert any(Path(args.wheel_dir).iterdir())
+
+
+def test_clip_fidelity_is_evaluations_probe_per_clip():
+    """Table 8 per clip (the experiment) and summed (evaluation) come from one probe: per-clip values, averaged
+    over clips, give evaluation's rows; the experiment's former formula (pooling matrices) agrees."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from affectverse_ds.eval.probes import FidelitySums, fidelity_from_trace
+    from affectverse_ds.model.ewm import EmotionWorldModule, adaptive_pool_matrix
+
+    g = torch.Generator().manual_seed(0)
+    b, t, d, s, n_s = 4, 9, 5, 3, 2
+    z = [torch.randn(b, t, d, generator=g) for _ in range(2)]
+    lengths = [torch.tensor([9, 7, 9, 5]), torch.tensor([9, 9, 6, 4])]
+    split = [torch.tensor([4, 7, 3, 2]), torch.tensor([5, 2, 3, 1])]  # clip 1 has no video future
+    use = [torch.tensor([True, True, True, False]), torch.ones(b, dtype=torch.bool)]
+    imagined = [torch.randn(b, s, n_s, d, generator=g) for _ in range(2)]
+    trace = SimpleNamespace(z=z, lengths=lengths, split=split, use=use, imagined=imagined)
+    names = ["c0", "c1", "c2", "c3"]
+    per: dict = {}
+    exp.add_clip_fidelity(per, trace, names)
+    assert sorted(per["v"]["ewm"]["cos"]) == ["c0", "c2"] and sorted(per["a"]["ewm"]["cos"]) == names
+    sums = FidelitySums()
+    fidelity_from_trace(trace, sums)
+    for row in sums.rows("m", "avt", 0.5):
+        clips = per[row.stream][row.predictor]
+        assert np.mean(list(clips["cos"].values())) == pytest.approx(np.mean(row.cos), abs=1e-6)
+        assert np.mean(list(clips["mse"].values())) == pytest.approx(np.mean(row.mse), abs=1e-6)
+    for m, stream in enumerate(("v", "a")):  # the experiment's own formula before it called the probe
+        tp, fut = split[m], (lengths[m] - split[m]).clamp(min=0)
+        target = adaptive_pool_matrix(tp, fut, n_s, t) @ z[m]
+        last = z[m][torch.arange(b), (tp - 1).clamp(min=0)]
+        observed = adaptive_pool_matrix(torch.zeros_like(tp), tp, 1, t) @ z[m]
+        preds = {"ewm": imagined[m], "repeat_last": last[:, None, None].expand(-1, 1, n_s, -1),
+                 "mean_observed": observed[:, None].expand(-1, 1, n_s, -1)}
+        for pname, pred in preds.items():
+            _, mse, cos = EmotionWorldModule.imagination_loss(pred, target)
+            for i, name in enumerate(names):
+                if name in per[stream][pname]["cos"]:
+                    assert per[stream][pname]["cos"][name] == pytest.approx(float(cos[i].mean()), abs=1e-6)
+                    assert per[stream][pname]["mse"][name] == pytest.approx(float(mse[i].mean()), abs=1e-6)
