@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from affectverse_ds.config import AffectVerseConfig, ConfigError, load_config
+from affectverse_ds.model.summary import ParamCounts, count_parameters  # noqa: F401 (the one count; bench uses it from here)
 
 COEFFS = Path(__file__).resolve().parent / "plan_coeffs.json"
 GIB = 2**30
@@ -34,49 +34,6 @@ CUDA_CONTEXT_GB = 1.5
 # - the caching allocator's slack: reserved above allocated, from activations of differing sizes
 #   (a padded micro batch changes width every step), as a fraction of the allocated peak.
 ALLOCATOR_SLACK = 0.10
-
-
-@dataclass
-class ParamCounts:
-    frozen: int  # every thinker parameter
-    lm: int  # the language model without its embedding table (FLOPs)
-    audio: int
-    vision: int
-    lora: int
-    ewm: int
-    layers: int  # decoder layers
-    largest_layer: int  # parameters of the largest decoder layer (ZeRO-3 gather working set)
-
-    @property
-    def trainable(self) -> int:
-        return self.lora + self.ewm
-
-
-def count_parameters(cfg: AffectVerseConfig, thinker_config=None) -> ParamCounts:
-    """Counts on the meta device: nothing is allocated. ``thinker_config``: instead of ``backbone.arch_config``."""
-    import torch
-
-    from affectverse_ds.model.backbone import Thinker, language_model_lora_pattern, read_thinker_config
-    from affectverse_ds.model.ewm import EmotionWorldModule
-
-    config = thinker_config if thinker_config is not None else read_thinker_config(cfg.backbone.arch_config)
-    with torch.device("meta"):
-        thinker = Thinker(config)
-        ewm = EmotionWorldModule(cfg.ewm, config.text_config.hidden_size) if cfg.ewm.enabled else None
-    inner = thinker.model
-    lm = inner.language_model
-    pattern = re.compile(language_model_lora_pattern(cfg.lora.target_modules))
-    lora = 0
-    if cfg.lora.enabled:
-        for name, module in thinker.named_modules():
-            if isinstance(module, torch.nn.Linear) and pattern.fullmatch(name):
-                lora += cfg.lora.r * (module.in_features + module.out_features)
-    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    return ParamCounts(
-        frozen=n(thinker), lm=n(lm) - lm.embed_tokens.weight.numel(),
-        audio=n(inner.audio_tower), vision=n(inner.visual), lora=lora, ewm=n(ewm) if ewm is not None else 0,
-        layers=config.text_config.num_hidden_layers, largest_layer=max(n(layer) for layer in lm.layers),
-    )
 
 
 def load_coeffs(path: str | Path = COEFFS) -> dict:
