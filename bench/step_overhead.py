@@ -26,6 +26,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,9 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from affectverse_ds import preflight  # noqa: E402
 from affectverse_ds.config import AffectVerseConfig, load_config  # noqa: E402
 from affectverse_ds.data.batch import (  # noqa: E402
-    AUDIO_BOS_ID, AUDIO_EOS_ID, AUDIO_TOKEN_ID, IGNORE_INDEX, IM_END_ID, IM_START_ID, PAD_TOKEN_ID, VIDEO_TOKEN_ID,
+    AUDIO_BOS_ID, AUDIO_EOS_ID, AUDIO_TOKEN_ID, IGNORE_INDEX, IM_END_ID, IM_START_ID, VIDEO_TOKEN_ID,
     VISION_BOS_ID, VISION_EOS_ID,
 )
+from affectverse_ds.data.collator import EncodedSample, collate  # noqa: E402
 from affectverse_ds.model import affect_model as am  # noqa: E402
 from affectverse_ds.model import injection as inj  # noqa: E402
 from affectverse_ds.model.backbone import Thinker, freeze, load_thinker, read_thinker_config  # noqa: E402
@@ -46,9 +48,10 @@ from affectverse_ds.model.backbone import Thinker, freeze, load_thinker, read_th
 
 def synthetic_batch(b: int, seconds: float, frame_size: int, fps: float, text_len: int, answer_len: int,
                     seed: int, device) -> dict:
-    """A batch in the collator's contract: every sample has video + audio of ``seconds`` (lengths vary +-25%)."""
+    """A batch in the collator's contract, made by the collator itself (``data.collator.collate``): every sample
+    has video + audio of ``seconds`` (lengths vary +-25%) and random text."""
     g = torch.Generator().manual_seed(seed)
-    rows, labels, answers, grids, pixels, feats = [], [], [], [], [], []
+    samples = []
     patches = frame_size // 14
     for _ in range(b):
         sec = seconds * float(torch.empty(1).uniform_(0.75, 1.25, generator=g))
@@ -61,30 +64,16 @@ def synthetic_batch(b: int, seconds: float, frame_size: int, fps: float, text_le
         ids += [VISION_BOS_ID] + [VIDEO_TOKEN_ID] * n_video + [VISION_EOS_ID]
         ids += [AUDIO_BOS_ID] + [AUDIO_TOKEN_ID] * n_audio + [AUDIO_EOS_ID]
         ids += text[10:text_len] + [IM_END_ID, IM_START_ID, 77091, 198]
-        answers.append(len(ids))
+        answer = len(ids)
         ids += text[text_len:] + [IM_END_ID]
-        rows.append(ids)
-        labels.append([IGNORE_INDEX] * answers[-1] + ids[answers[-1]:])
-        grids.append([grid_t, patches, patches])
-        pixels.append(torch.randn(grid_t * patches * patches, 3 * 2 * 14 * 14, generator=g))
-        feats.append(torch.randn(128, mel, generator=g))
-    width = max(map(len, rows))
-    batch = dict(
-        input_ids=torch.full((b, width), PAD_TOKEN_ID), attention_mask=torch.zeros(b, width, dtype=torch.long),
-        labels=torch.full((b, width), IGNORE_INDEX), answer_start=torch.tensor(answers),
-        pixel_values_videos=torch.cat(pixels), video_grid_thw=torch.tensor(grids),
-        video_second_per_grid=torch.full((b,), 2.0 / fps),
-        has_video=torch.ones(b, dtype=torch.bool), has_audio=torch.ones(b, dtype=torch.bool),
-    )
-    t_max = max(f.shape[1] for f in feats)
-    batch["input_features"] = torch.zeros(b, 128, t_max)
-    batch["feature_attention_mask"] = torch.zeros(b, t_max, dtype=torch.long)
-    for i, (ids, lab, f) in enumerate(zip(rows, labels, feats)):
-        batch["input_ids"][i, :len(ids)] = torch.tensor(ids)
-        batch["attention_mask"][i, :len(ids)] = 1
-        batch["labels"][i, :len(ids)] = torch.tensor(lab)
-        batch["input_features"][i, :, :f.shape[1]] = f
-        batch["feature_attention_mask"][i, :f.shape[1]] = 1
+        pixels = torch.randn(grid_t * patches * patches, 3 * 2 * 14 * 14, generator=g)
+        feats = torch.randn(128, mel, generator=g)
+        samples.append(EncodedSample(
+            input_ids=np.array(ids, dtype=np.int64), labels=np.array([IGNORE_INDEX] * answer + ids[answer:]),
+            answer_start=answer, pixel_values=pixels.numpy(), grid_thw=(grid_t, patches, patches),
+            second_per_grid=2.0 / fps, audio_features=feats.numpy(), meta={}))
+    batch = collate(samples)
+    del batch["meta"]
     return {k: v.to(device) for k, v in batch.items()}
 
 

@@ -1,12 +1,14 @@
 """Hand-built batches in the collator's contract (data/batch.py) for the tiny backbone, and the tiny model."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from affectverse_ds.chat import build_messages, render
 from affectverse_ds.config import load_config
-from affectverse_ds.data.batch import AUDIO_TOKEN_ID, IGNORE_INDEX, PAD_TOKEN_ID, VIDEO_TOKEN_ID
+from affectverse_ds.data.batch import AUDIO_TOKEN_ID, IGNORE_INDEX, VIDEO_TOKEN_ID
+from affectverse_ds.data.collator import EncodedSample, collate
 from affectverse_ds.model.backbone import load_tokenizer
 
 PATCH_DIM = 3 * 2 * 14 * 14  # Qwen2-VL patch layout
@@ -22,6 +24,16 @@ def _expand(ids: list[int], n_video: int, n_audio: int) -> list[int]:
     for t in ids:
         out += [t] * (n_video if t == VIDEO_TOKEN_ID else n_audio if t == AUDIO_TOKEN_ID else 1)
     return out
+
+
+def _left_pad(batch: dict) -> dict:
+    """A right-padded batch with each row's padding moved to its front (answer_start shifted alike)."""
+    n = batch["attention_mask"].sum(1)
+    off = batch["attention_mask"].shape[1] - n
+    for key in ("input_ids", "attention_mask", "labels"):
+        batch[key] = torch.stack([row.roll(int(o)) for row, o in zip(batch[key], off)])
+    batch["answer_start"] = batch["answer_start"] + off
+    return batch
 
 
 class BatchMaker:
@@ -52,38 +64,14 @@ class BatchMaker:
         return s
 
     def collate(self, samples: list[dict], pad: str = "right") -> dict:
-        width = max(len(s["ids"]) for s in samples)
-        b = len(samples)
-        ids = torch.full((b, width), PAD_TOKEN_ID)
-        mask = torch.zeros((b, width), dtype=torch.long)
-        labels = torch.full((b, width), IGNORE_INDEX)
-        answer = torch.zeros(b, dtype=torch.long)
-        for i, s in enumerate(samples):
-            n = len(s["ids"])
-            off = 0 if pad == "right" else width - n
-            ids[i, off:off + n] = torch.tensor(s["ids"])
-            mask[i, off:off + n] = 1
-            labels[i, off:off + n] = torch.tensor(s["labels"])
-            answer[i] = off + s["answer_start"]
-        batch = dict(input_ids=ids, attention_mask=mask, labels=labels, answer_start=answer,
-                     has_video=torch.tensor(["grid" in s for s in samples]),
-                     has_audio=torch.tensor(["features" in s for s in samples]),
-                     meta=[{} for _ in samples])
-        vids = [s for s in samples if "grid" in s]
-        if vids:
-            batch["pixel_values_videos"] = torch.cat([s["pixels"] for s in vids])
-            batch["video_grid_thw"] = torch.tensor([s["grid"] for s in vids])
-            batch["video_second_per_grid"] = torch.full((len(vids),), 2 / 3.0)
-        auds = [s for s in samples if "features" in s]
-        if auds:
-            t_max = max(s["features"].shape[1] for s in auds)
-            feats = torch.zeros(len(auds), 128, t_max)
-            fmask = torch.zeros(len(auds), t_max, dtype=torch.long)
-            for j, s in enumerate(auds):
-                feats[j, :, :s["features"].shape[1]] = s["features"]
-                fmask[j, :s["features"].shape[1]] = 1
-            batch["input_features"], batch["feature_attention_mask"] = feats, fmask
-        return batch
+        """The data pipeline's own collate (``data.collator.collate``: right padding, placeholder counts
+        checked), then moved to the left when asked."""
+        batch = collate([EncodedSample(
+            input_ids=np.array(s["ids"], dtype=np.int64), labels=np.array(s["labels"], dtype=np.int64),
+            answer_start=s["answer_start"], pixel_values=s["pixels"].numpy() if "grid" in s else None,
+            grid_thw=tuple(s["grid"]) if "grid" in s else None, second_per_grid=2 / 3.0 if "grid" in s else None,
+            audio_features=s["features"].numpy() if "features" in s else None, meta={}) for s in samples])
+        return _left_pad(batch) if pad == "left" else batch
 
     def make(self, specs: list[dict], pad: str = "right") -> dict:
         return self.collate([self.sample(**spec, seed=i) for i, spec in enumerate(specs)], pad)
