@@ -81,6 +81,16 @@ def pick_device(info: DistInfo) -> torch.device:
     return torch.device("cuda", index)
 
 
+def launcher_env(info: DistInfo) -> dict[str, str]:
+    """The standard variables DeepSpeed reads, for a process SLURM started (the launchers set their own).
+
+    LOCAL_RANK is the CUDA device :func:`pick_device` made current: DeepSpeed's engine places itself on
+    LOCAL_RANK, and under srun binding one GPU per task that is device 0, not SLURM_LOCALID."""
+    local = torch.cuda.current_device() if torch.cuda.is_available() else info.local_rank
+    return {"RANK": str(info.rank), "WORLD_SIZE": str(info.world_size), "LOCAL_RANK": str(local),
+            "MASTER_ADDR": info.master_addr, "MASTER_PORT": str(info.master_port)}
+
+
 def init_distributed(info: DistInfo) -> None:
     """Start the process group (NCCL on CUDA, gloo on CPU) through DeepSpeed.
 
@@ -89,10 +99,8 @@ def init_distributed(info: DistInfo) -> None:
     """
     import deepspeed
 
-    # DeepSpeed reads the standard variables; export them when SLURM started us.
-    for key, value in (("RANK", info.rank), ("WORLD_SIZE", info.world_size), ("LOCAL_RANK", info.local_rank),
-                       ("MASTER_ADDR", info.master_addr), ("MASTER_PORT", info.master_port)):
-        os.environ.setdefault(key, str(value))
+    for key, value in launcher_env(info).items():
+        os.environ.setdefault(key, value)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     print0(f"process group: {backend}, world {info.world_size}", info=info)

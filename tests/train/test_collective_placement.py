@@ -112,3 +112,17 @@ def test_each_rank_takes_its_own_gpu(monkeypatch, visible, local, expected):
             dist.pick_device(info)
     else:
         assert dist.pick_device(info) == torch.device("cuda", expected) and current == [expected]
+
+
+def test_deepspeed_is_told_the_device_the_rank_took(monkeypatch):
+    """DeepSpeed's engine places itself on LOCAL_RANK: under srun binding one GPU per task that must be 0."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    info = dist.DistInfo(13, 16, 5, "gpu07", 29500, "slurm")
+    dist.pick_device(info)
+    assert dist.launcher_env(info) == {"RANK": "13", "WORLD_SIZE": "16", "LOCAL_RANK": "0",
+                                       "MASTER_ADDR": "gpu07", "MASTER_PORT": "29500"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dist.launcher_env(info)["LOCAL_RANK"] == "5"  # CPU ranks: the launcher's local id
