@@ -70,6 +70,10 @@ def import_everything() -> tuple[int, dict[str, str]]:
     return done, missing
 
 
+def _version_text(version) -> str:
+    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)  # a tuple in torch 2.x
+
+
 def bf16_matmul_tflops(n: int = 8192, reps: int = 10) -> float:
     import torch
 
@@ -113,7 +117,7 @@ def phase_env(out: Path, rehearsal: bool) -> int:
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         rows.update(device=p.name, memory_gib=round(p.total_memory / 2**30, 1), sms=p.multi_processor_count,
-                    nccl=".".join(map(str, torch.cuda.nccl.version())))
+                    nccl=_version_text(torch.cuda.nccl.version()))
         rows["bf16_matmul_tflops"] = round(bf16_matmul_tflops(), 1)
         print(f"{p.name}: {rows['memory_gib']} GiB; bf16 8192^3 matmul {rows['bf16_matmul_tflops']} TFLOP/s")
     elif not rehearsal:
