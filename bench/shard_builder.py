@@ -36,7 +36,16 @@ sys.path.insert(0, str(REPO))
 from affectverse_ds import preflight  # noqa: E402
 from affectverse_ds.benchmarks import get_benchmark  # noqa: E402
 from affectverse_ds.benchmarks.base import Label, RawItem  # noqa: E402
+from affectverse_ds.benchmarks.clip_writer import AudioStream, VideoStream, mux_clip  # noqa: E402
 from affectverse_ds.data.shards import build_split  # noqa: E402
+
+
+def _audio_frames(tone: np.ndarray, rate: int, step: int = 1024):
+    """(channels, n) float32 -> planar AudioFrames of ``step`` samples."""
+    for s in range(0, tone.shape[1], step):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, s:s + step]), format="fltp", layout="stereo")
+        frame.sample_rate, frame.pts = rate, s
+        yield frame
 
 
 def make_clips(folder: Path, n: int, seconds: float, size=(640, 360), fps: int = 25) -> list[Path]:
@@ -47,22 +56,12 @@ def make_clips(folder: Path, n: int, seconds: float, size=(640, 360), fps: int =
     paths = []
     for c in range(n):
         path = folder / f"clip{c:03d}.mp4"
-        with av.open(str(path), "w") as out:
-            video = out.add_stream("libx264", rate=fps, options={"preset": "veryfast", "g": "250"})
-            video.width, video.height, video.pix_fmt = w, h, "yuv420p"
-            audio = out.add_stream("aac", rate=44100, layout="stereo")
-            for i in range(int(seconds * fps)):
-                shift = (i * 4 + c * 37) % w
-                out.mux(video.encode(av.VideoFrame.from_ndarray(texture[:, shift:shift + w], format="rgb24")))
-            out.mux(video.encode())
-            t = np.arange(int(seconds * 44100)) / 44100
-            tone = np.stack([0.2 * np.sin(2 * np.pi * (300 + c) * t)] * 2).astype(np.float32)
-            for s in range(0, tone.shape[1], 1024):
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, s:s + 1024]), format="fltp",
-                                                   layout="stereo")
-                frame.sample_rate, frame.pts = 44100, s
-                out.mux(audio.encode(frame))
-            out.mux(audio.encode())
+        frames = (av.VideoFrame.from_ndarray(texture[:, (i * 4 + c * 37) % w:(i * 4 + c * 37) % w + w], format="rgb24")
+                  for i in range(int(seconds * fps)))
+        t = np.arange(int(seconds * 44100)) / 44100
+        tone = np.stack([0.2 * np.sin(2 * np.pi * (300 + c) * t)] * 2).astype(np.float32)
+        mux_clip(path, VideoStream("libx264", fps, (w, h), options={"preset": "veryfast", "g": "250"}), frames,
+                 AudioStream("aac", 44100, "stereo"), _audio_frames(tone, 44100))
         paths.append(path)
     return paths
 

@@ -53,6 +53,7 @@ from PIL import Image, ImageDraw
 from affectverse_ds.benchmarks.affectdyn import (
     CLASSES, LABEL_FILE, LAYOUT, PROCESS_DIR, TEST_SPLIT, TRAIN_SPLIT, VALENCE,
 )
+from affectverse_ds.benchmarks.clip_writer import AudioStream, VideoStream, mux_clip
 
 WIDTH, HEIGHT, FPS = 320, 240, 25
 SAMPLE_RATE = 16000
@@ -383,34 +384,20 @@ def encode_clip(path: Path, spec: ClipSpec) -> None:
     curves = feature_curves(spec, rng)
     onsets, lengths = syllables(spec, rng)
     audio = render_audio(spec, curves, onsets, lengths, rng)
-    with av.open(str(path), "w", format="mp4") as container:
-        video, sound = add_streams(container)
-        chunks = audio_chunks(audio, sound.codec_context.frame_size or 1024)
-        chunk = next(chunks, None)
-        for i, planes in enumerate(render_frames(spec, curves, onsets, lengths, rng)):
-            frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
-            frame.pts, frame.time_base = i, Fraction(1, FPS)
-            container.mux(video.encode(frame))
-            # audio up to the end of this video frame, so the file is interleaved as a recording would be
-            while chunk is not None and chunk.pts < (i + 1) * SAMPLE_RATE // FPS:
-                container.mux(sound.encode(chunk))
-                chunk = next(chunks, None)
-        container.mux(video.encode())
-        while chunk is not None:
-            container.mux(sound.encode(chunk))
-            chunk = next(chunks, None)
-        container.mux(sound.encode())
+    frames = (_video_frame(i, planes) for i, planes in enumerate(render_frames(spec, curves, onsets, lengths, rng)))
+    # audio up to the end of each video frame, so the file is interleaved as a recording would be
+    mux_clip(path, VIDEO, frames, AUDIO, audio_chunks(audio, 1024), container_format="mp4", interleave=True)
 
 
-def add_streams(container) -> tuple:
-    video = container.add_stream("libx264", rate=FPS)
-    video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-    video.thread_count = 1  # one thread: the same bytes on every run
-    video.options = {"preset": "ultrafast", "crf": "20"}
-    sound = container.add_stream("aac", rate=SAMPLE_RATE)
-    sound.layout = "mono"
-    sound.options = {"aac_coder": "fast"}  # half the default coder's time; a synthetic tone loses nothing
-    return video, sound
+# one thread: the same bytes on every run
+VIDEO = VideoStream("libx264", FPS, (WIDTH, HEIGHT), options={"preset": "ultrafast", "crf": "20"}, threads=1)
+AUDIO = AudioStream("aac", SAMPLE_RATE, options={"aac_coder": "fast"})  # half the default coder's time; a tone loses nothing
+
+
+def _video_frame(i: int, planes: np.ndarray) -> av.VideoFrame:
+    frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+    frame.pts, frame.time_base = i, Fraction(1, FPS)
+    return frame
 
 
 def audio_chunks(audio: np.ndarray, step: int):

@@ -51,6 +51,7 @@ import soundfile as sf
 
 from affectverse_ds.benchmarks import Benchmark, get_benchmark
 from affectverse_ds.benchmarks import meld, mer2023
+from affectverse_ds.benchmarks.clip_writer import AudioStream, VideoStream, mux_clip
 from affectverse_ds.benchmarks._mmsa import LABEL_FILE as MMSA_LABEL_FILE, RAW_DIR as MMSA_RAW_DIR
 from affectverse_ds.benchmarks.layouts import ProcessedLayout, items_from_table, read_transcript
 
@@ -228,51 +229,37 @@ def _tone(seconds: float, rate: int, colour: int) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * (220 + 40 * colour) * t)).astype(np.float32)
 
 
-def _add_video(container, avi: bool, size: tuple[int, int], vfr: bool, rotated: bool):
-    stream = container.add_stream("mpeg4" if avi else "libx264", rate=FPS)
-    stream.width, stream.height = size
-    # H.264 4:2:0 needs even sizes; 4:4:4 carries the odd-sized case.
-    stream.pix_fmt = "yuv444p" if size[0] % 2 and not avi else "yuv420p"
-    stream.codec_context.time_base = Fraction(1, 1000) if vfr else Fraction(1, FPS)
-    stream.thread_count = 1  # one thread: identical bytes on every run
-    if not avi:
-        stream.options = {"preset": "ultrafast"}
-    if rotated:
-        stream.set_display_rotation(90)
-    return stream
+def _video_stream(avi: bool, size: tuple[int, int], vfr: bool, rotated: bool) -> VideoStream:
+    return VideoStream(
+        "mpeg4" if avi else "libx264", FPS, size,
+        # H.264 4:2:0 needs even sizes; 4:4:4 carries the odd-sized case.
+        pix_fmt="yuv444p" if size[0] % 2 and not avi else "yuv420p",
+        options={} if avi else {"preset": "ultrafast"},
+        threads=1,  # one thread: identical bytes on every run
+        time_base=Fraction(1, 1000) if vfr else Fraction(1, FPS), rotation=90 if rotated else None)
 
 
-def _add_audio(container, avi: bool):
+def _audio_stream(avi: bool) -> AudioStream:
     # AVI gets PCM: with MP3 the AVI demuxer mistimes the second video frame, a quirk of the
     # fixture's muxing, not a bad input we mean to plant.
-    stream = container.add_stream("pcm_s16le" if avi else "aac", rate=44100)
-    stream.layout = "mono"
-    return stream
+    return AudioStream("pcm_s16le" if avi else "aac", 44100)
 
 
-def _mux(container, stream, frames) -> None:
-    for frame in frames:
-        for packet in stream.encode(frame):
-            container.mux(packet)
-    for packet in stream.encode():  # flush
-        container.mux(packet)
-
-
-def _video_frames(stream, size: tuple[int, int], n_frames: int, colour: int, vfr: bool):
+def _video_frames(stream: VideoStream, n_frames: int, colour: int, vfr: bool):
     pts = 0
     for i in range(n_frames):
-        frame = av.VideoFrame.from_ndarray(_frame(*size, colour, i), format="rgb24")
-        frame.pts, frame.time_base = pts, stream.codec_context.time_base
+        frame = av.VideoFrame.from_ndarray(_frame(*stream.size, colour, i), format="rgb24")
+        frame.pts, frame.time_base = pts, stream.time_base
         pts += (20, 40, 60)[i % 3] if vfr else 1  # vfr: frames 20/40/60 ms apart
         yield frame
 
 
-def _audio_frames(stream, seconds: float, colour: int):
+def _audio_frames(stream: AudioStream, seconds: float, colour: int):
     samples = _tone(seconds, 44100, colour)
-    pcm = stream.codec_context.name.startswith("pcm")
+    pcm = stream.codec.startswith("pcm")
     if pcm:
         samples = (samples * 32767).astype(np.int16)
-    step = stream.codec_context.frame_size or 1024
+    step = 1024  # AAC's frame size; PCM takes any
     for start in range(0, len(samples), step):
         chunk = samples[None, start:start + step].copy()
         frame = av.AudioFrame.from_ndarray(chunk, format="s16" if pcm else "flt", layout="mono")
@@ -291,13 +278,11 @@ def encode_clip(
     avi = path.suffix == ".avi"
     size = ODD_SIZE if fault == "oddsize" else (WIDTH, HEIGHT)
     n_frames = 0 if fault == "zerolen" else int(round(seconds * FPS))
-    with av.open(str(path), "w") as container:
-        video = _add_video(container, avi, size, fault == "vfr", fault == "rotated")
-        audio = None if fault in ("noaudio", "zerolen") else _add_audio(container, avi)
-        container.start_encoding()  # a zero-frame file still gets its header
-        _mux(container, video, _video_frames(video, size, n_frames, colour, fault == "vfr"))
-        if audio is not None:
-            _mux(container, audio, _audio_frames(audio, seconds, colour))
+    video = _video_stream(avi, size, fault == "vfr", fault == "rotated")
+    audio = None if fault in ("noaudio", "zerolen") else _audio_stream(avi)
+    mux_clip(path, video, _video_frames(video, n_frames, colour, fault == "vfr"), audio,
+             _audio_frames(audio, seconds, colour) if audio is not None else (),
+             header_first=True)  # a zero-frame file still gets its header
     if fault == "truncated":
         data = path.read_bytes()
         path.write_bytes(data[: int(len(data) * 0.4)])

@@ -245,25 +245,23 @@ def long_audio_clip(path: str | Path, *, video_seconds: float = 2.0, audio_secon
     """
     import av
 
-    path = Path(path)
-    with av.open(str(path), "w", format="mp4") as out:
-        video = out.add_stream("mpeg4", rate=fps)
-        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        sound = out.add_stream("flac", rate=rate, layout="mono")
-        for i in range(int(video_seconds * fps)):
-            img = np.full((48, 64, 3), (i * 20) % 255, np.uint8)
-            out.mux(video.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-        out.mux(video.encode())
-        chunk = 4096
-        block = np.zeros((1, chunk), np.int16)
-        block[0, ::97] = 1
-        total = int(audio_seconds * rate)
+    from affectverse_ds.benchmarks.clip_writer import AudioStream, VideoStream, mux_clip
+
+    chunk = 4096
+    block = np.zeros((1, chunk), np.int16)
+    block[0, ::97] = 1
+    total = int(audio_seconds * rate)
+
+    def sound():
         for start in range(0, total, chunk):
             frame = av.AudioFrame.from_ndarray(block[:, :min(chunk, total - start)], format="s16", layout="mono")
             frame.sample_rate, frame.pts = rate, start
-            out.mux(sound.encode(frame))
-        out.mux(sound.encode())
-    return path
+            yield frame
+
+    frames = (av.VideoFrame.from_ndarray(np.full((48, 64, 3), (i * 20) % 255, np.uint8), format="rgb24")
+              for i in range(int(video_seconds * fps)))
+    return mux_clip(Path(path), VideoStream("mpeg4", fps, (64, 48)), frames, AudioStream("flac", rate), sound(),
+                    container_format="mp4")
 
 
 # ----------------------------------------------------------------------------- hostile YAML (issue #26)

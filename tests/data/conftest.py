@@ -177,16 +177,11 @@ def write_clip(path: Path, *, seconds: float = 2.0, fps: int = 25, size: tuple[i
     import av
     from fractions import Fraction
 
+    from affectverse_ds.benchmarks.clip_writer import AudioStream, VideoStream, mux_clip
+
     w, h = size
-    options = {"movflags": "faststart"} if faststart else {}
-    with av.open(str(path), "w", options=options) as out:
-        video = out.add_stream(codec, rate=fps)
-        video.width, video.height, video.pix_fmt = w, h, pix_fmt
-        if pts_ms is not None:
-            video.codec_context.time_base = Fraction(1, 1000)
-        if rotation is not None:
-            video.set_display_rotation(rotation)
-        sound = out.add_stream("aac", rate=audio_rate, layout="stereo") if audio else None
+
+    def frames():
         stamps = pts_ms if pts_ms is not None else range(int(round(seconds * fps)))
         for i, pts in enumerate(stamps):
             img = np.zeros((h, w, 3), np.uint8)
@@ -195,18 +190,21 @@ def write_clip(path: Path, *, seconds: float = 2.0, fps: int = 25, size: tuple[i
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             if pts_ms is not None:
                 frame.pts, frame.time_base = pts, Fraction(1, 1000)
-            out.mux(video.encode(frame))
-        out.mux(video.encode())
-        if sound is not None:
-            t = np.arange(int(seconds * audio_rate)) / audio_rate
-            tone = np.stack([0.3 * np.sin(2 * np.pi * 440 * t)] * 2).astype(np.float32)
-            for start in range(0, tone.shape[1], 1024):
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, start:start + 1024]),
-                                                   format="fltp", layout="stereo")
-                frame.sample_rate, frame.pts = audio_rate, start
-                out.mux(sound.encode(frame))
-            out.mux(sound.encode())
-    return Path(path)
+            yield frame
+
+    def sound():
+        t = np.arange(int(seconds * audio_rate)) / audio_rate
+        tone = np.stack([0.3 * np.sin(2 * np.pi * 440 * t)] * 2).astype(np.float32)
+        for start in range(0, tone.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, start:start + 1024]),
+                                               format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts = audio_rate, start
+            yield frame
+
+    video = VideoStream(codec, fps, size, pix_fmt, time_base=Fraction(1, 1000) if pts_ms is not None else None,
+                        rotation=rotation)
+    return mux_clip(path, video, frames(), AudioStream("aac", audio_rate, "stereo") if audio else None, sound(),
+                    container_options={"movflags": "faststart"} if faststart else None)
 
 
 def write_wav(path: Path, seconds: float, rate: int = 16000) -> Path:

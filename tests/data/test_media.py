@@ -42,12 +42,10 @@ def test_sampled_frame_is_the_one_on_screen(tmp_path, make_clip):
     import av
 
     path = tmp_path / "grey.mp4"
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=10, options={"crf": "5"})
-        stream.width = stream.height = 32
-        for i in range(12):
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((32, 32, 3), 20 * i, np.uint8), format="rgb24")))
-        out.mux(stream.encode())
+    from affectverse_ds.benchmarks.clip_writer import VideoStream, mux_clip
+
+    mux_clip(path, VideoStream("libx264", 10, (32, 32), options={"crf": "5"}),
+             (av.VideoFrame.from_ndarray(np.full((32, 32, 3), 20 * i, np.uint8), format="rgb24") for i in range(12)))
     clip = decode_clip(path)
     levels = [_image(f).mean() for f in clip.frames]
     assert len(levels) == 4  # 1.2 s: t = 0, 1/3, 2/3, 1
