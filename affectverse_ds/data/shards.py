@@ -40,6 +40,7 @@ import soundfile as sf
 import webdataset as wds
 from tqdm import tqdm
 
+from affectverse_ds import files
 from affectverse_ds.benchmarks import get_benchmark
 from affectverse_ds.benchmarks.base import Benchmark, LayoutNotFound, RawItem, SplitAbsent
 from affectverse_ds.benchmarks.layouts import TEXT_NOTES, confine, process_root_present, subtitle_note, text_quality
@@ -215,11 +216,7 @@ def _rel(path, root: Path) -> str:
 
 @lru_cache(maxsize=64)  # IEMOCAP cuts many utterances from one dialog video: hash it once per worker
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return files.file_sha256(path)
 
 
 def file_sha256(path: str) -> str:
@@ -427,7 +424,7 @@ def _check_state(out, prefix, items, bench, split, cfg, limits, resume, record=N
     if not resume:
         for shard in _shard_paths(out, prefix, ".tar"):
             shard.unlink()  # stale shards of an earlier build would otherwise be picked up by globs
-    _atomic_write(path, json.dumps({**state, **(record or {})}, indent=1, sort_keys=True).encode())
+    files.atomic_write(path, json.dumps({**state, **(record or {})}, indent=1, sort_keys=True).encode())
 
 
 def _finished_shards(out: Path, prefix: str) -> tuple[list[dict], dict[str, int]]:
@@ -445,12 +442,6 @@ def _finished_shards(out: Path, prefix: str) -> tuple[list[dict], dict[str, int]
     return rows, sizes
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _merge_outputs(out: Path, benchmark: str, split: str, prefix: str, rows: list[dict],
                    sizes: dict[str, int]) -> None:
     """Replace this split's entries in sizes.json and manifest.parquet, under a lock (SLURM array tasks share ``out``)."""
@@ -459,15 +450,13 @@ def _merge_outputs(out: Path, benchmark: str, split: str, prefix: str, rows: lis
         sizes_path = out / schema.SIZES_FILE
         all_sizes = json.loads(sizes_path.read_text()) if sizes_path.exists() else {}
         all_sizes = {k: v for k, v in all_sizes.items() if not k.startswith(prefix)} | sizes
-        _atomic_write(sizes_path, json.dumps(dict(sorted(all_sizes.items())), indent=1).encode())
+        files.atomic_write(sizes_path, json.dumps(dict(sorted(all_sizes.items())), indent=1).encode())
         manifest_path = out / schema.MANIFEST_FILE
         old = pq.read_table(manifest_path).to_pylist() if manifest_path.exists() else []
         keep = [r for r in old if (r["benchmark"], r["split"]) != (benchmark, split)]
         merged = sorted(keep + rows, key=lambda r: (r["benchmark"], r["split"], r["key"]))
         table = pa.Table.from_pylist(merged, schema=MANIFEST_SCHEMA)
-        tmp = manifest_path.with_name(manifest_path.name + ".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, manifest_path)
+        files.atomic_write(manifest_path, lambda tmp: pq.write_table(table, tmp))
 
 
 # ----------------------------------------------------------------------------- scanning entry points

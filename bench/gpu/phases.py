@@ -32,12 +32,14 @@ IMAGE_PACKAGES = ("torch", "triton", "numpy", "pyyaml", "pillow", "safetensors",
 
 def record(out: Path, phase: str, rows: dict) -> None:
     """Merge ``rows`` into ``out/summary.json`` under ``phase`` (tmp + rename: a kill never leaves half a file)."""
+    if str(REPO) not in sys.path:  # affectverse_ds.files is stdlib only: importable even where torch is broken
+        sys.path.insert(0, str(REPO))
+    from affectverse_ds.files import atomic_write
+
     path = out / "summary.json"
     data = json.loads(path.read_text()) if path.is_file() else {}
     data.setdefault(phase, {}).update(rows)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(data, indent=2, default=str))
 
 
 def kit_pins() -> dict[str, str]:

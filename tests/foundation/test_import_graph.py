@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "affectverse_ds"
 # the first matching prefix decides a module's layer
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (0, ("affectverse_ds.bounded", "affectverse_ds.safe_yaml", "affectverse_ds.safe_pickle", "affectverse_ds.chat",
-         "affectverse_ds.distributed")),
+         "affectverse_ds.distributed", "affectverse_ds.files")),
     (1, ("affectverse_ds.config",)),
     (2, ("affectverse_ds.benchmarks",)),
     (3, ("affectverse_ds.data",)),
