@@ -1,11 +1,14 @@
 """Fixtures shared by every test package: the reference data the tests carry and the embedded tiny backbone."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # tests.support: the helpers the test packages share (conftests are not importable)
+    sys.path.insert(0, str(REPO))
 # Real label files, transcripts and AffectGPT's released outputs, carried by the repository
 # (tests/reference/README.md names their sources; Apache-2.0, a LICENSE in each folder).
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"

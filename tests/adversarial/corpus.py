@@ -11,11 +11,11 @@ Everything is made from code with fixed seeds, so a run is reproducible and noth
 """
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import pickle
 import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +32,12 @@ CORPUS_FILE = "corpus.json"
 
 
 def data_helpers():
-    """``tests/data/conftest.py`` (good fixture samples), loaded by path: conftests are not importable."""
-    spec = importlib.util.spec_from_file_location("_corpus_data_helpers", REPO / "tests" / "data" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """Good fixture samples (:mod:`tests.support.shards`)."""
+    if str(REPO) not in sys.path:  # also imported by bench/hostile_memory.py's child process
+        sys.path.insert(0, str(REPO))
+    from tests.support import shards
+
+    return shards
 
 
 # ----------------------------------------------------------------------------- hostile member bytes

@@ -29,11 +29,10 @@ CORRUPT = 1  # meld sample whose first JPEG is truncated: unreadable with video,
 
 
 def _data_helpers():
-    """``tests/data/conftest.py`` (the shard-writing helpers of the loader tests), loaded by path."""
-    spec = importlib.util.spec_from_file_location("_data_fixture_helpers", REPO / "tests" / "data" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The shard-writing helpers of the loader tests (:mod:`tests.support.shards`)."""
+    from tests.support import shards
+
+    return shards
 
 
 def tiny_eval_config(backbone: Path, shard_dir: Path, reference: Path, *extra: str):

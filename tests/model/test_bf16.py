@@ -11,7 +11,6 @@ LoRA's weights and gradients are fp32, and under DeepSpeed they are bf16, the th
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -98,12 +97,10 @@ def world_of_one():
     """This process as a world of one (no launcher); the group and DeepSpeed's variables are gone afterwards."""
     from affectverse_ds import distributed as dist
 
-    # the training tests' list of the variables a launcher sets (tests/train/conftest.py), loaded by path
-    spec = importlib.util.spec_from_file_location("_train_fixtures_bf16", REPO / "tests" / "train" / "conftest.py")
-    train_fixtures = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_fixtures)
+    from tests.support.launch import LAUNCHER_VARS
+
     saved = dict(os.environ)
-    for key in train_fixtures.LAUNCHER_VARS:
+    for key in LAUNCHER_VARS:
         os.environ.pop(key, None)
     info = dist.dist_info_from_env()
     dist.init_distributed(info)

@@ -128,7 +128,8 @@ def variant(request, bf16_speed, backbone, tmp_path_factory):
         pytest.skip(f"bf16 at 7B widths: {why}")
     dtype, precision, torch_dtype = VARIANTS[name]
     root = tmp_path_factory.mktemp(f"shaped7b_{name}")
-    data = _helpers("tests/data/conftest.py", "_data_helpers_7b")
+    from tests.support import shards as data
+
     shards = root / "shards"
     data.write_test_shards(shards, 2, benchmark="meld", split="train", seconds=SECONDS, frame_size=224)
     data.write_test_shards(shards, 2, benchmark="meld", split=get_benchmark("meld").test_split, seconds=SECONDS,

@@ -1,23 +1,21 @@
 """Fixtures of the training tests: small two-benchmark shards and a single-process world (no launcher)."""
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 
+from tests.support.launch import LAUNCHER_VARS  # noqa: F401 (training tests import it from here too)
+
 REPO = Path(__file__).resolve().parents[2]
-LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS",
-                 "SLURM_LOCALID", "SLURM_JOB_NODELIST")
 
 
 def data_helpers():
-    """``tests/data/conftest.py`` (the shard-writing helpers of the loader tests), loaded by path."""
-    spec = importlib.util.spec_from_file_location("_data_fixture_helpers", REPO / "tests" / "data" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The shard-writing helpers of the loader tests (:mod:`tests.support.shards`)."""
+    from tests.support import shards
+
+    return shards
 
 
 @pytest.fixture(scope="session")

@@ -32,12 +32,9 @@ def _env() -> dict[str, str]:
 
 
 def _write_shards():
-    import importlib.util
+    from tests.support.shards import write_test_shards
 
-    spec = importlib.util.spec_from_file_location("_data_fixture_helpers", REPO / "tests" / "data" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_test_shards
+    return write_test_shards
 
 
 @pytest.fixture(scope="module")
