@@ -28,6 +28,7 @@ from affectverse_ds.distributed import free_port
 
 sys.path.insert(0, str(Path(__file__).parent))
 import corpus  # noqa: E402
+from tests.support.wheels import write_tiny_wheels  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -364,11 +365,10 @@ def test_killing_the_builder_parent_ends_its_workers(tmp_path):
 def test_evaluate_cli_on_a_hostile_test_split(tmp_path, tiny_backbone_dir, capsys):
     kinds = sorted(corpus.SAMPLE_KINDS)
     evaluate_tests = _module(REPO / "tests" / "eval" / "test_evaluate.py")
-    eval_conftest = _module(REPO / "tests" / "eval" / "conftest.py")
     shards = tmp_path / "shards"
     c = corpus.write_corpus_shards(shards, split="test", n_good=4, kinds=kinds)
     reference = tmp_path / "reference"
-    eval_conftest.write_tiny_wheels(reference / "emotion_wheel")
+    write_tiny_wheels(reference / "emotion_wheel")
     cfg = evaluate_tests.tiny_eval_config(tiny_backbone_dir, shards, reference)
     ckpt = evaluate_tests.make_checkpoint(cfg, tmp_path / "ckpt" / "step_000001", 1)
     config = dump_config(cfg, tmp_path / "eval.yaml")

@@ -16,6 +16,7 @@ from affectverse_ds.config import ConfigError, dump_config, load_config
 
 sys.path.insert(0, str(Path(__file__).parent))
 import corpus  # noqa: E402
+from tests.support.wheels import write_tiny_wheels  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "launch" / "configs" / "tiny.yaml"
@@ -96,10 +97,9 @@ def test_evaluator_refuses_a_checkpoint_whose_config_is_a_bomb(tmp_path, tiny_ba
     from test_corpus import _module
 
     evaluate_tests = _module(REPO / "tests" / "eval" / "test_evaluate.py")
-    eval_conftest = _module(REPO / "tests" / "eval" / "conftest.py")
     shards = tmp_path / "shards"
     corpus.write_corpus_shards(shards, split="test", n_good=2, kinds=[])
-    eval_conftest.write_tiny_wheels(tmp_path / "reference" / "emotion_wheel")
+    write_tiny_wheels(tmp_path / "reference" / "emotion_wheel")
     cfg = evaluate_tests.tiny_eval_config(tiny_backbone_dir, shards, tmp_path / "reference")
     ckpt = evaluate_tests.make_checkpoint(cfg, tmp_path / "ckpt" / "step_000001", 1)
     (ckpt / "export" / "config.yaml").write_bytes(corpus.CONFIG_KINDS["alias_bomb"][1])

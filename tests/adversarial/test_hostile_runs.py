@@ -18,6 +18,7 @@ from affectverse_ds.data.loader import LoaderError, list_shards, train_plan
 sys.path.insert(0, str(Path(__file__).parent))
 import corpus  # noqa: E402
 from test_corpus import _module  # noqa: E402
+from tests.support.wheels import write_tiny_wheels  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "launch" / "configs" / "tiny.yaml"
@@ -54,9 +55,8 @@ def eval_setup(tmp_path, tiny_backbone_dir):
     """Test shards, tiny wheels, a config file and a checkpoint export holding only its config (enough for
     everything the evaluator checks before it builds a model)."""
     evaluate_tests = _module(REPO / "tests" / "eval" / "test_evaluate.py")
-    eval_conftest = _module(REPO / "tests" / "eval" / "conftest.py")
     c = corpus.write_corpus_shards(tmp_path / "shards", split="test", n_good=4, kinds=[], n_shards=2)
-    eval_conftest.write_tiny_wheels(tmp_path / "reference" / "emotion_wheel")
+    write_tiny_wheels(tmp_path / "reference" / "emotion_wheel")
     cfg = evaluate_tests.tiny_eval_config(tiny_backbone_dir, c.folder, tmp_path / "reference")
     export = tmp_path / "ckpt" / "step_000001" / "export"
     export.mkdir(parents=True)
@@ -100,9 +100,8 @@ def test_max_batches_that_evaluates_nothing_is_refused_at_parse_time(value, eval
 
 def test_samples_left_out_by_max_batches_are_not_reported_as_unreadable(tmp_path, tiny_backbone_dir, capsys):
     evaluate_tests = _module(REPO / "tests" / "eval" / "test_evaluate.py")
-    eval_conftest = _module(REPO / "tests" / "eval" / "conftest.py")
     c = corpus.write_corpus_shards(tmp_path / "shards", split="test", n_good=4, kinds=[], n_shards=1)
-    eval_conftest.write_tiny_wheels(tmp_path / "reference" / "emotion_wheel")
+    write_tiny_wheels(tmp_path / "reference" / "emotion_wheel")
     cfg = evaluate_tests.tiny_eval_config(tiny_backbone_dir, c.folder, tmp_path / "reference")  # batches of 2
     ckpt = evaluate_tests.make_checkpoint(cfg, tmp_path / "ckpt" / "step_000001", 1)
     capsys.readouterr()
@@ -127,9 +126,8 @@ def test_an_interrupted_save_is_evaluated_with_a_warning_and_recorded(tmp_path, 
     from affectverse_ds.model.export import resolve_checkpoint
 
     evaluate_tests = _module(REPO / "tests" / "eval" / "test_evaluate.py")
-    eval_conftest = _module(REPO / "tests" / "eval" / "conftest.py")
     c = corpus.write_corpus_shards(tmp_path / "shards", split="test", n_good=2, kinds=[], n_shards=1)
-    eval_conftest.write_tiny_wheels(tmp_path / "reference" / "emotion_wheel")
+    write_tiny_wheels(tmp_path / "reference" / "emotion_wheel")
     cfg = evaluate_tests.tiny_eval_config(tiny_backbone_dir, c.folder, tmp_path / "reference")
     ckpt = evaluate_tests.make_checkpoint(cfg, tmp_path / "ckpt" / "step_000001", 1)  # no COMPLETE: interrupted
     why = f"{ckpt}: no COMPLETE marker (an interrupted save?)"

@@ -32,7 +32,6 @@ adapters of a bf16 thinker to fp32 as well (``autocast_adapter_dtype``, its defa
 from __future__ import annotations
 
 import gc
-import importlib.util
 import json
 import math
 import os
@@ -63,13 +62,6 @@ VARIANTS = {
 # bf16 file, both resident at once: measured 8.7 GB (rank, evaluations) to 9.1 GB (this process). bf16: the
 # weights stay memory-mapped, paged in as they are read: measured 3.2 GB (rank) and 3.7 GB (this process).
 MAX_RSS_GB = {"fp32": 12.0, "bf16": 6.0}
-
-
-def _helpers(rel: str, name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / rel)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _env() -> dict[str, str]:
@@ -135,7 +127,9 @@ def variant(request, bf16_speed, backbone, tmp_path_factory):
     data.write_test_shards(shards, 2, benchmark="meld", split=get_benchmark("meld").test_split, seconds=SECONDS,
                            frame_size=224, first_sample=2)
     reference = root / "reference"
-    _helpers("tests/eval/conftest.py", "_eval_helpers_7b").write_tiny_wheels(reference / "emotion_wheel")
+    from tests.support.wheels import write_tiny_wheels
+
+    write_tiny_wheels(reference / "emotion_wheel")
     overrides = [
         f"backbone.path={backbone}", f"backbone.dtype={dtype}", "backbone.attn_implementation=sdpa",
         f"data.shard_dir={shards}", "data.train_benchmarks={meld: 1.0}", "data.eval_benchmarks=[meld]",
