@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import pickle
@@ -30,6 +29,7 @@ import torch
 
 from affectverse_ds.bounded import BoundedReadError, os_reason, read_bounded
 from affectverse_ds.config import AffectVerseConfig, dump_config
+from affectverse_ds.files import atomic_write, file_sha256
 from affectverse_ds import distributed as dist
 from affectverse_ds.model.export import (  # the export beside its loading: one error class, one step-folder name
     COMPLETE, STEP_RE as _STEP_RE, CheckpointError, export_trainable, step_tag)
@@ -214,14 +214,6 @@ def safe_torch_load(path: str | Path, map_location=None) -> Any:
 
 # ---------------------------------------------------------------------------- integrity record
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _files(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*")
                   if p.is_file() and p.relative_to(path).as_posix() not in (COMPLETE, INTEGRITY))
@@ -230,12 +222,9 @@ def _files(path: Path) -> list[str]:
 def write_integrity(path: str | Path) -> Path:
     """Record the size and sha256 of every file of a checkpoint folder (rank 0, after every rank wrote, before COMPLETE)."""
     path = Path(path)
-    record = {"files": {rel: {"size": (path / rel).stat().st_size, "sha256": _sha256(path / rel)}
+    record = {"files": {rel: {"size": (path / rel).stat().st_size, "sha256": file_sha256(path / rel)}
                         for rel in _files(path)}}
-    tmp = path / (INTEGRITY + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-    os.replace(tmp, path / INTEGRITY)
-    return path / INTEGRITY
+    return atomic_write(path / INTEGRITY, json.dumps(record, indent=1, sort_keys=True))
 
 
 def clear_marks(path: str | Path) -> None:
@@ -274,7 +263,7 @@ def verify_checkpoint(path: str | Path) -> str | None:
             return f"{rel}: missing"
         if not isinstance(want, dict) or file.stat().st_size != want.get("size"):
             return f"{rel}: size {file.stat().st_size} != recorded {want.get('size') if isinstance(want, dict) else '?'}"
-        if _sha256(file) != want.get("sha256"):
+        if file_sha256(file) != want.get("sha256"):
             return f"{rel}: sha256 differs from the record"
     for rel in sorted(present):
         if rel.endswith(".pt"):
