@@ -29,6 +29,7 @@ from affectverse_ds.distributed import free_port
 sys.path.insert(0, str(Path(__file__).parent))
 import corpus  # noqa: E402
 from tests.support.wheels import write_tiny_wheels  # noqa: E402
+from tests.support.launch import launch_module  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -154,7 +155,7 @@ def test_eval_loader_accounts_for_every_sample(tmp_path, tiny_backbone_dir, toke
 def test_values_that_crashed_later_are_one_line_errors_at_start(override, key, tmp_path, capsys):
     with pytest.raises(ConfigError, match=key):
         load_config(REPO / "launch" / "configs" / "tiny.yaml", [override])
-    launch = _module(REPO / "launch" / "train.py")
+    launch = launch_module("train")
     rc = launch.main(["--ds", "ds_configs/zero2.json", "--config", "launch/configs/tiny.yaml", override,
                       f"train.out_dir={tmp_path}"])
     assert rc == 2 and key in _one_line(capsys.readouterr().err)
@@ -372,7 +373,7 @@ def test_evaluate_cli_on_a_hostile_test_split(tmp_path, tiny_backbone_dir, capsy
     cfg = evaluate_tests.tiny_eval_config(tiny_backbone_dir, shards, reference)
     ckpt = evaluate_tests.make_checkpoint(cfg, tmp_path / "ckpt" / "step_000001", 1)
     config = dump_config(cfg, tmp_path / "eval.yaml")
-    launch = _module(REPO / "launch" / "evaluate.py")
+    launch = launch_module("evaluate")
     rc = launch.main(["--config", str(config), "--benchmarks", "meld", "--modality", "avt", "--keep-ratio", "1.0",
                       "--mode", "rank", "--out", str(tmp_path / "results"), "--no-probe",
                       "--checkpoint", str(ckpt / "export")])

@@ -102,7 +102,7 @@ def test_a_failed_write_with_room_left_gives_its_own_cause(tmp_path):
 def test_training_tears_its_process_group_down_before_exiting(monkeypatch, tmp_path):
     """Exiting under a live process group aborted 1 in ~58 finished 2-rank runs (exit 250): launch/train.py
     waits for every rank and destroys the group after train() returns, whatever the stop reason."""
-    import importlib.util
+    from tests.support.launch import launch_module
 
     from affectverse_ds.train import loop
 
@@ -116,9 +116,7 @@ def test_training_tears_its_process_group_down_before_exiting(monkeypatch, tmp_p
             calls.append("train")
             return loop.TrainResult(steps=1, stop_reason="end")
 
-    spec = importlib.util.spec_from_file_location("_launch_train", REPO / "launch" / "train.py")
-    launch = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(launch)
+    launch = launch_module("train")
     monkeypatch.setattr(loop, "Trainer", _Trainer)
     monkeypatch.setattr(launch.preflight, "for_training", lambda cfg: None)
     monkeypatch.setattr(dist, "shutdown", lambda: calls.append("shutdown"))

@@ -17,6 +17,7 @@ from affectverse_ds.config import ConfigError, dump_config, load_config
 sys.path.insert(0, str(Path(__file__).parent))
 import corpus  # noqa: E402
 from tests.support.wheels import write_tiny_wheels  # noqa: E402
+from tests.support.launch import launch_module  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "launch" / "configs" / "tiny.yaml"
@@ -103,7 +104,7 @@ def test_evaluator_refuses_a_checkpoint_whose_config_is_a_bomb(tmp_path, tiny_ba
     cfg = evaluate_tests.tiny_eval_config(tiny_backbone_dir, shards, tmp_path / "reference")
     ckpt = evaluate_tests.make_checkpoint(cfg, tmp_path / "ckpt" / "step_000001", 1)
     (ckpt / "export" / "config.yaml").write_bytes(corpus.CONFIG_KINDS["alias_bomb"][1])
-    launch = _module(REPO / "launch" / "evaluate.py")
+    launch = launch_module("evaluate")
     capsys.readouterr()  # the checkpoint maker's own progress bars
     rc = launch.main(["--config", str(dump_config(cfg, tmp_path / "eval.yaml")), "--benchmarks", "meld",
                       "--mode", "rank", "--out", str(tmp_path / "results"), "--no-probe",

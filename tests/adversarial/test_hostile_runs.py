@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import corpus  # noqa: E402
 from test_corpus import _module  # noqa: E402
 from tests.support.wheels import write_tiny_wheels  # noqa: E402
+from tests.support.launch import launch_module  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "launch" / "configs" / "tiny.yaml"
@@ -65,7 +66,7 @@ def eval_setup(tmp_path, tiny_backbone_dir):
 
 
 def _evaluate(config: Path, ckpt: Path, out: Path, *extra: str) -> int:
-    launch = _module(REPO / "launch" / "evaluate.py")
+    launch = launch_module("evaluate")
     return launch.main(["--config", str(config), "--benchmarks", "meld", "--modality", "avt", "--keep-ratio", "1.0",
                         "--mode", "rank", "--out", str(out), "--no-probe", "--checkpoint", str(ckpt), *extra])
 
@@ -113,7 +114,7 @@ def test_samples_left_out_by_max_batches_are_not_reported_as_unreadable(tmp_path
 
 
 def test_a_checkpoint_path_holding_an_equals_sign_is_a_checkpoint(tmp_path):
-    launch = _module(REPO / "launch" / "evaluate.py")
+    launch = launch_module("evaluate")
     ckpt = tmp_path / "runs" / "lr=1e-4" / "step_000001"
     dotted = tmp_path / "sweep.lr=2"  # 'section.key=value'-shaped, but a folder that exists
     ckpt.mkdir(parents=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -23,6 +22,7 @@ from affectverse_ds.data.batch import IM_END_ID
 from affectverse_ds.eval import evaluate as ev
 from affectverse_ds.eval import inference
 from affectverse_ds.distributed import DistInfo, free_port
+from tests.support.launch import launch_module
 
 REPO = Path(__file__).resolve().parents[2]
 CORRUPT = 1  # meld sample whose first JPEG is truncated: unreadable with video, fine without
@@ -153,9 +153,7 @@ def test_damaged_weights_are_a_one_line_error_naming_the_file(setup, tmp_path, w
 
 
 def test_launch_cli_reports_a_truncated_ewm_file_in_one_line(setup, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("_launch_evaluate", REPO / "launch" / "evaluate.py")
-    launch = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(launch)
+    launch = launch_module("evaluate")
     from affectverse_ds.config import dump_config
 
     ckpt = tmp_path / "step_000010"
@@ -420,9 +418,7 @@ def test_random_belief_ablation_is_reproducible(setup, tmp_path):
 
 
 def test_launch_cli(setup, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("_launch_evaluate", REPO / "launch" / "evaluate.py")
-    launch = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(launch)
+    launch = launch_module("evaluate")
     config = tmp_path / "eval.yaml"
     from affectverse_ds.config import dump_config
 

@@ -1,7 +1,6 @@
 """Preflight: every check passes on good input and names the problem and its fix on bad input, in one line."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 from affectverse_ds import preflight
 from affectverse_ds.config import load_config
 from affectverse_ds.eval.wheel import PACKAGED_WHEEL_DIR
+from tests.support.launch import launch_module
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "launch" / "configs" / "tiny.yaml"
@@ -23,10 +23,7 @@ def one_line(line: str | None, *words: str) -> None:
 
 
 def _launcher(name: str):
-    spec = importlib.util.spec_from_file_location(f"_launch_{name}", REPO / "launch" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return launch_module(name)
 
 
 def test_backbone(tiny_backbone_dir, tmp_path):

@@ -227,11 +227,9 @@ def test_a_signal_is_named_as_the_stop_reason(single_process, tiny_backbone_dir,
 
 
 def test_launch_says_what_stopped_the_run(single_process, tiny_backbone_dir, two_benchmark_shards, tmp_path, capsys):
-    import importlib.util
+    from tests.support.launch import launch_module
 
-    spec = importlib.util.spec_from_file_location("_launch_train", REPO / "launch" / "train.py")
-    launch = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(launch)
+    launch = launch_module("train")
     args = ["--ds", str(REPO / "ds_configs/zero2.json"), "--config", str(REPO / "launch/configs/tiny.yaml"),
             f"backbone.path={tiny_backbone_dir}", f"data.shard_dir={two_benchmark_shards}",
             f"train.out_dir={tmp_path / 'run'}", "data.train_benchmarks={meld: 1.0, cmumosi: 2.0}",

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support.launch import launch_module
+
 REPO = Path(__file__).resolve().parents[2]
 DS = REPO / "ds_configs" / "zero2.json"
 
@@ -118,9 +120,7 @@ def test_launch_exits_with_one_line_when_the_run_diverges(single_process, tiny_b
                                                           tmp_path, capsys, monkeypatch):
     from affectverse_ds.train import loop
 
-    spec = importlib.util.spec_from_file_location("_launch_train", REPO / "launch" / "train.py")
-    launch = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(launch)
+    launch = launch_module("train")
     built = loop.Trainer.__init__
 
     def init(self, *args, **kwargs):
