@@ -7,21 +7,13 @@ import torch
 from affectverse_ds.data.batch import IM_END_ID
 from affectverse_ds.model import injection as inj
 from affectverse_ds.model.affect_model import build_model
-
-
-def _nonzero_lora_b(model):
-    """PEFT starts B at zero, which zeroes A's gradient; give B values so A's gradient can be seen."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for n, p in model.thinker.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+from tests.support.models import nonzero_lora_b
 
 
 def test_gradient_reaches_every_trainable_parameter_in_a_mixed_batch(tiny_cfg, batch_maker):
     torch.manual_seed(0)
     model = build_model(tiny_cfg("ewm.modality_dropout=0.0"), "cpu").train()
-    _nonzero_lora_b(model)
+    nonzero_lora_b(model)
     batch = batch_maker.make([dict(video=4, audio=60), dict(video=4, audio=0), dict(video=0, audio=60),
                               dict(video=0, audio=0)])
     out = model(batch, kappa=0.75)
@@ -76,7 +68,7 @@ def test_scoring_and_generation_match_the_training_forward(tiny_cfg, batch_maker
 
     torch.manual_seed(0)
     model = build_model(tiny_cfg(), "cpu").eval()
-    _nonzero_lora_b(model)
+    nonzero_lora_b(model)
     batch = batch_maker.make([dict(video=4, audio=60, answer="happy"), dict(video=0, audio=30, answer="happy"),
                               dict(video=2, audio=0, subtitle=None, answer="happy")])
     with torch.no_grad():
@@ -122,7 +114,7 @@ def test_shared_prefix_step_equals_the_plain_two_pass_step(tiny_cfg, batch_maker
                             "cpu")
         model.share_prefix = share
         model.min_shared_prefix = 1
-        _nonzero_lora_b(model)
+        nonzero_lora_b(model)
         out = model.train()(batch, kappa=kappa if kappa < 1 else None)
         out.loss.backward()
         results.append((out, {n: p.grad.clone() for n, p in model.trainable_parameters()}))
@@ -209,7 +201,7 @@ def test_batched_candidate_scoring_equals_naive_per_candidate_scoring(tiny_cfg, 
     }[kind]
     torch.manual_seed(0)
     model = build_model(tiny_cfg(), "cpu").eval()
-    _nonzero_lora_b(model)
+    nonzero_lora_b(model)
     batch = batch_maker.make([dict(video=4, audio=60), dict(video=0, audio=30), dict(video=2, audio=0, subtitle=None),
                               dict(video=0, audio=0)])
     for kappa in (1.0, 0.5):

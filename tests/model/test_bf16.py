@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from affectverse_ds.model.affect_model import build_model
+from tests.support.models import nonzero_lora_b
 
 REPO = Path(__file__).resolve().parents[2]
 # video and audio, video only, audio only: both imagination modules and both MAMAs run
@@ -36,20 +37,11 @@ def _copy_trainable(src, dst) -> None:
             mine[n].copy_(p)
 
 
-def _nonzero_lora_b(model) -> None:
-    """PEFT starts B at zero, which zeroes A's gradient and hides LoRA from the forward; give B values."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for n, p in model.thinker.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-
-
 def test_bf16_thinker_with_fp32_ewm_forward_backward(tiny_cfg, batch_maker):
     """build_model: bf16 thinker, fp32 LoRA and EWM; finite loss near the fp32 model's, gradients where they belong."""
     torch.manual_seed(0)
     ref = build_model(tiny_cfg("ewm.modality_dropout=0.0"), "cpu").train()
-    _nonzero_lora_b(ref)
+    nonzero_lora_b(ref)
     model = build_model(tiny_cfg("ewm.modality_dropout=0.0", "backbone.dtype=bfloat16"), "cpu").train()
     _copy_trainable(ref, model)
     assert model.core.dtype == torch.bfloat16

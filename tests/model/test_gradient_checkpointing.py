@@ -12,7 +12,7 @@ import torch
 
 from affectverse_ds.model.affect_model import build_model
 
-from .test_affect_model import _nonzero_lora_b
+from tests.support.models import nonzero_lora_b
 
 # fp32 on CPU: recomputation replays the same kernels on the same inputs, and the shared-prefix split changes
 # only summation order, so the differences are float rounding (measured max |diff| 9.5e-7 on the tiny backbone)
@@ -23,7 +23,7 @@ def _step(cfg, batch):
     torch.manual_seed(0)
     model = build_model(cfg, "cpu").train()
     model.min_shared_prefix = 1
-    _nonzero_lora_b(model)
+    nonzero_lora_b(model)
     out = model(batch, kappa=0.8, generator=torch.Generator().manual_seed(0))
     out.loss.backward()
     return model, out, {n: p.grad.clone() for n, p in model.trainable_parameters()}
