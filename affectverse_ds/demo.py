@@ -3,10 +3,13 @@
     python -m affectverse_ds.demo [--quick]
 
 tiny backbone -> synthetic `affectdyn` clips (MER-UniBench processed layout) -> shard builder ->
-`deepspeed launch/train.py --ds ds_configs/zero2.json --config launch/configs/demo.yaml` on 2 CPU
-ranks (AffectVerse) -> the same recipe with the EWM off (LoRA baseline) -> `launch/evaluate.py` on
-2 ranks in A+V+T, A+T, V+T and at keep ratios 1.0 / 0.5 / 0.3 -> the summary, with the checks the
-demo exists to show, printed whichever way they come out.
+`deepspeed --module affectverse_ds.launch.train --ds ds_configs/zero2.json --config launch/configs/demo.yaml`
+on 2 CPU ranks (AffectVerse) -> the same recipe with the EWM off (LoRA baseline) -> the evaluation entry
+point under torchrun on 2 ranks in A+V+T, A+T, V+T and at keep ratios 1.0 / 0.5 / 0.3 -> the summary, with
+the checks the demo exists to show, printed whichever way they come out.
+
+It needs no clone: the entry points run as package modules and the presets are package data, so an installed
+package (`pip install .`) runs it; artifacts and runs go under the current folder.
 """
 from __future__ import annotations
 
@@ -20,11 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-from affectverse_ds import preflight
+from affectverse_ds import configs, preflight
 from affectverse_ds.distributed import free_port
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = "launch/configs/demo.yaml"
+CONFIG = configs.LAUNCH / "demo.yaml"
+DS_CONFIG = configs.DEEPSPEED / "zero2.json"
+# the launchers as modules of this interpreter: their console scripts need not be on PATH or beside it (a
+# scratch venv that borrows its dependencies has neither), and every rank runs this interpreter
+DEEPSPEED = [sys.executable, "-m", "deepspeed.launcher.runner"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 BASELINE = ["ewm.enabled=false", "ewm.temporal_split=false"]  # the LoRA baseline (paper Table 3, first row)
 RANKS = 2  # deepspeed --num_gpus / torchrun --nproc_per_node of the training and evaluation stages
 DEMO_DISK = 1 << 30  # measured --quick: clips + shards 158 MB, tiny backbone 86 MB, runs 8 MB; the full demo has 2x the clips
@@ -33,10 +40,6 @@ DEMO_DISK = 1 << 30  # measured --quick: clips + shards 158 MB, tiny backbone 86
 # bits (measured: the same step's gradients hash differently under each library's other code path),
 # which five epochs of training amplify into different scores. On any AVX2 CPU these give the same bits.
 REPRODUCIBLE_CPU = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-
-
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
 
 
 # What the stages print that is worth a look while they run: the trainer's step bar (tqdm: percent, steps,
@@ -101,10 +104,10 @@ def _run(cmd: list[str], log: Path, progress: Progress | None = None) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
                **REPRODUCIBLE_CPU)
     print(f"$ {' '.join(cmd)}\n  (log: {log})", flush=True)
-    progress = progress or Progress(Path(cmd[0]).name)
+    progress = progress or Progress(log.stem)
     decoder, buffer = codecs.getincrementaldecoder("utf-8")(errors="replace"), ""
     with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         while chunk := os.read(proc.stdout.fileno(), 65536):
             f.write(chunk)
             f.flush()
@@ -124,15 +127,17 @@ def demo_checks(runs: Path, art: Path, wheel_dir: Path) -> list[preflight.Check]
     on disk, the wheels, and configs that load and make their global batch on the demo's ranks. (Backbone and
     shards are the first stage's output; train.py and evaluate.py check them when their stage starts.)"""
     def launchers() -> str | None:
-        absent = [name for name in ("deepspeed", "torchrun") if not Path(_bin(name)).is_file()]
-        return (f"{', '.join(absent)} not found beside {sys.executable}: install the requirements "
+        import importlib.util
+
+        absent = [cmd[2] for cmd in (DEEPSPEED, TORCHRUN) if importlib.util.find_spec(cmd[2]) is None]
+        return (f"{', '.join(absent)} not importable by {sys.executable}: install the requirements "
                 f"(pip install -r requirements.txt)") if absent else None
 
     def stage_config(tag: str, extra: list[str]) -> str | None:
         from affectverse_ds.config import ConfigError, load_config
 
         try:
-            cfg = load_config(REPO / CONFIG, [f"train.out_dir={runs / tag}", *extra])
+            cfg = load_config(CONFIG, [f"train.out_dir={runs / tag}", *extra])
         except ConfigError as err:
             return f"{CONFIG} ({tag} stage): {err}: fix the preset"
         return preflight.world_size(cfg.train, RANKS)
@@ -170,8 +175,8 @@ def prepare_data(art: Path, n_train: int, n_test: int, seed: int) -> tuple[Path,
 
 def train(tag: str, shards: Path, runs: Path, extra: list[str], logs: Path) -> Path:
     out = runs / tag
-    _run([_bin("deepspeed"), "--num_gpus", str(RANKS), "--master_port", str(free_port()), "launch/train.py", "--ds", "ds_configs/zero2.json",
-          "--config", CONFIG, f"data.shard_dir={shards}", f"train.out_dir={out}", *extra], logs / f"train_{tag}.log",
+    _run([*DEEPSPEED, "--num_gpus", str(RANKS), "--master_port", str(free_port()),
+          "--module", "affectverse_ds.launch.train", "--ds", str(DS_CONFIG), "--config", str(CONFIG), f"data.shard_dir={shards}", f"train.out_dir={out}", *extra], logs / f"train_{tag}.log",
          Progress(f"train {tag}"))
     from affectverse_ds.train.checkpoint import latest_checkpoint
 
@@ -229,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.time()
     n_train, n_test = (360, 72) if args.quick else (720, 72)
-    runs, art = REPO / args.out, REPO / "artifacts"
+    runs, art = Path(args.out).resolve(), Path("artifacts").resolve()  # under the current folder
     logs = runs / "logs"
     from affectverse_ds.eval.wheel import PACKAGED_WHEEL_DIR
 
@@ -241,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     ewm_ckpt = train("ewm", shards, runs, [], logs)
     lora_ckpt = train("lora", shards, runs, BASELINE, logs)
     results = runs / "results"
-    _run([_bin("torchrun"), "--nproc_per_node", str(RANKS), "--master_port", str(free_port()), "launch/evaluate.py",
-          "--checkpoint", str(ewm_ckpt), str(lora_ckpt), "--config", CONFIG,
+    _run([*TORCHRUN, "--nproc_per_node", str(RANKS), "--master_port", str(free_port()), "-m",
+          "affectverse_ds.launch.evaluate", "--checkpoint", str(ewm_ckpt), str(lora_ckpt), "--config", str(CONFIG),
           "--benchmarks", "affectdyn", "--modality", "avt,at,vt", "--keep-ratio", "1.0,0.5,0.3",
           "--mode", "rank", "--out", str(results), f"data.shard_dir={shards}",
           f"eval.wheel_dir={wheel_dir}"], logs / "evaluate.log", Progress("evaluate", eval_total=2 * 3))

@@ -157,7 +157,7 @@ def add_clip_fidelity(per: dict, trace, names: list[str]) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.out).resolve()
-    art = demo.REPO / "artifacts"
+    art = Path("artifacts").resolve()  # under the current folder, as the demo's
     wheel_dir = Path(args.wheel_dir)
     extra = [f"train.epochs={args.epochs}"] if args.epochs else []
     keep = ",".join(f"{k:g}" for k in args.keep_ratios)
@@ -176,9 +176,9 @@ def run(args: argparse.Namespace) -> dict:
                 ckpts[name] = done
             results = base / "results"
             if trained or not (results / "affectdyn.json").is_file():  # ... and their finished evaluation
-                demo._run([demo._bin("torchrun"), "--nproc_per_node", "2", "--master_port", str(demo.free_port()),
-                           "launch/evaluate.py", "--checkpoint", *(str(c) for c in ckpts.values()),
-                           "--config", demo.CONFIG, "--benchmarks", "affectdyn", "--modality", "avt",
+                demo._run([*demo.TORCHRUN, "--nproc_per_node", "2", "--master_port", str(demo.free_port()),
+                           "-m", "affectverse_ds.launch.evaluate", "--checkpoint", *(str(c) for c in ckpts.values()),
+                           "--config", str(demo.CONFIG), "--benchmarks", "affectdyn", "--modality", "avt",
                            "--keep-ratio", keep, "--mode", "rank", "--no-probe", "--out", str(results),
                            f"data.shard_dir={shards}", f"eval.wheel_dir={wheel_dir}"], base / "logs" / "evaluate.log")
             runs = json.loads((results / "affectdyn.json").read_text())["runs"]

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
+from affectverse_ds import configs
 from affectverse_ds.model.backbone import Thinker, read_thinker_config
 from affectverse_ds.tools.make_tiny_backbone import PREPROCESSOR_CONFIG, build_tokenizer
 
-REPO = Path(__file__).resolve().parents[2]
-SEVEN_B_CONFIG = REPO / "launch" / "configs" / "qwen2_5_omni_7b_thinker.json"
+SEVEN_B_CONFIG = configs.LAUNCH / "qwen2_5_omni_7b_thinker.json"
 SHAPED_MARKER = "shaped_backbone.json"
 
 
@@ -67,7 +67,7 @@ def make_shaped_backbone(out: str | Path, layers: int = 2, vision_depth: int = 2
     build_tokenizer().save_pretrained(out)
     (out / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG, indent=2))
     (out / SHAPED_MARKER).write_text(json.dumps({
-        "source": str(SEVEN_B_CONFIG.relative_to(REPO)), "layers": layers, "vision_depth": vision_depth,
+        "source": f"launch/configs/{SEVEN_B_CONFIG.name}", "layers": layers, "vision_depth": vision_depth,
         "audio_layers": audio_layers, "dtype": str(dtype).removeprefix("torch."), "seed": seed,
         "parameters": sum(p.numel() for p in model.parameters()),
     }, indent=2))

@@ -1,4 +1,8 @@
-"""`make demo`'s shortened run (`--quick`: 360 clips instead of 720, same recipe) through the same entry points.
+"""`make demo`'s shortened run (`--quick`: 360 clips instead of 720, same recipe) from a non-editable install.
+
+The package is installed with `pip install --no-deps .` (a copy in site-packages, not a link to this clone)
+into a scratch venv that borrows its dependencies from the running one, and the demo runs in an empty folder
+with that interpreter: the entry points, presets and wheels must all come from the installed package.
 
 It must learn: both the AffectVerse model's and the LoRA baseline's HIT rates on the affectdyn test split
 (A+V+T) are at least 1.5x the chance level (a uniformly random class). With 72 test clips a random
@@ -12,8 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -21,15 +27,40 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
+# what a source tree for `pip install .` leaves out: environments, outputs, caches, the git folder
+NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "artifacts", "runs", "results", "build", "*.egg-info",
+                                    "__pycache__", ".pytest_cache", ".gpukit*", ".gpusnap", ".whl")
 
 
-def test_shortened_demo_runs_every_stage_and_learns(tmp_path):
-    out = tmp_path / "demo"
-    proc = subprocess.run(
-        [sys.executable, "-m", "affectverse_ds.demo", "--quick", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=1200,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+def installed_python(tmp_path: Path) -> Path:
+    """A scratch venv with this package installed non-editably; its dependencies come from the running venv
+    through a plain path in a .pth file (so that venv's own .pth files, its editable install among them, are
+    not processed)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    (site / "borrowed_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, symlinks=True, ignore=NOT_SOURCE)  # pip builds in the tree it is given
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+                    "--no-build-isolation", "--no-index", str(source)], check=True)
+    shutil.rmtree(source)
+    return python
+
+
+def test_shortened_demo_runs_every_stage_and_learns_from_an_installed_package(tmp_path):
+    python = installed_python(tmp_path)
+    work = tmp_path / "work"  # the current folder: nothing of the clone in it or on the path
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.run([python, "-c", "import affectverse_ds; print(affectverse_ds.__file__)"], cwd=work,
+                           env=env, check=True, capture_output=True, text=True).stdout.strip()
+    assert Path(where).is_relative_to(tmp_path / "venv") and not Path(where).is_relative_to(REPO), where
+    out = work / "runs" / "demo"
+    proc = subprocess.run([python, "-m", "affectverse_ds.demo", "--quick"], cwd=work, capture_output=True,
+                          text=True, timeout=1200, env={**env, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = proc.stdout
     chance = float(text.split("chance level (uniform random class), HIT: ")[1].split(";")[0])
@@ -49,3 +80,4 @@ def test_shortened_demo_runs_every_stage_and_learns(tmp_path):
     assert "repeat last observed" in summary and "mean of observed" in summary  # Table 8 baselines
     assert list((out / "results" / "plots").glob("*.png"))
     assert (out / "ewm" / "tensorboard").is_dir() and (out / "lora" / "metrics.jsonl").is_file()
+    assert (work / "artifacts" / "tiny_backbone").is_dir()  # artifacts and runs under the current folder

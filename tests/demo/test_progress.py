@@ -32,7 +32,7 @@ STAGE = textwrap.dedent("""
 def test_stage_progress_on_screen_everything_in_the_log(tmp_path, monkeypatch):
     screen = io.StringIO()
     log = tmp_path / "stage.log"
-    monkeypatch.setattr(demo, "REPO", tmp_path)
+    monkeypatch.chdir(tmp_path)  # stages run in the current folder
     demo._run([sys.executable, "-c", STAGE], log, demo.Progress("train ewm", eval_total=2, every=0.0, stream=screen))
     shown = screen.getvalue().splitlines()
     bars = [line for line in shown if "train:" in line]
@@ -58,7 +58,7 @@ def test_bar_lines_are_throttled_off_a_terminal_and_the_last_one_kept():
 
 
 def test_failed_stage_stops_with_the_log_tail(tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "REPO", tmp_path)
+    monkeypatch.chdir(tmp_path)  # stages run in the current folder
     code = "import sys; print('the real reason'); sys.exit(3)"
     with pytest.raises(SystemExit) as stop:
         demo._run([sys.executable, "-c", code], tmp_path / "bad.log", demo.Progress("x", stream=io.StringIO()))

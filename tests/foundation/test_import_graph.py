@@ -17,13 +17,14 @@ PACKAGE = Path(__file__).resolve().parents[2] / "affectverse_ds"
 # the first matching prefix decides a module's layer
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (0, ("affectverse_ds.bounded", "affectverse_ds.safe_yaml", "affectverse_ds.safe_pickle", "affectverse_ds.chat",
-         "affectverse_ds.distributed", "affectverse_ds.files")),
+         "affectverse_ds.distributed", "affectverse_ds.files", "affectverse_ds.configs")),
     (1, ("affectverse_ds.config",)),
     (2, ("affectverse_ds.benchmarks",)),
     (3, ("affectverse_ds.data",)),
     (4, ("affectverse_ds.model",)),
     (5, ("affectverse_ds.train", "affectverse_ds.eval")),
-    (6, ("affectverse_ds.predict", "affectverse_ds.memory_plan", "affectverse_ds.preflight", "affectverse_ds.tools")),
+    (6, ("affectverse_ds.predict", "affectverse_ds.memory_plan", "affectverse_ds.preflight", "affectverse_ds.tools",
+         "affectverse_ds.launch")),
     (7, ("affectverse_ds.demo",)),
     (8, ("affectverse_ds.experiments",)),
 ]
