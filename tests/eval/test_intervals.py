@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from affectverse_ds.benchmarks import Label, LabelTable, get_benchmark
-from affectverse_ds.eval.intervals import mean_interval, score_interval
+from affectverse_ds.eval.intervals import mean_interval, paired_score_interval, score_interval
 from affectverse_ds.eval.predictions import Prediction, PredictionSet
 from affectverse_ds.eval.unibench import ScoringContext, score_predictions
 
@@ -80,3 +80,20 @@ def test_resampling_the_clips_as_they_are_gives_the_protocol_score(tiny_wheels, 
     full = _resampled_main(bench.group, terms, np.arange(len(names))[None])[0]
     expected = score_predictions(bench, table, preds, ctx).main
     assert full == pytest.approx(expected, abs=1e-9, nan_ok=True) and not np.isnan(expected)
+
+
+def test_paired_interval_scores_both_runs_on_the_same_resampled_clips(tiny_wheels):
+    """The difference of two runs on the same clips: zero width against itself (an unpaired pair of intervals
+    would not be), the protocol's difference on the full sample, and narrower than the runs' own intervals when
+    the runs disagree on few clips."""
+    bench, ctx = get_benchmark("cmumosi"), ScoringContext(tiny_wheels)
+    labels, better = _sentiment_run(n_right=30)
+    _, worse = _sentiment_run(n_right=26)  # the same clips, four more wrong
+    assert paired_score_interval(bench, labels, better, better, ctx) == (0.0, 0.0, 0.0)
+    diff, low, high = paired_score_interval(bench, labels, better, worse, ctx)
+    assert diff == pytest.approx(score_predictions(bench, labels, better, ctx).main
+                                 - score_predictions(bench, labels, worse, ctx).main)
+    assert 0 < low <= diff <= high  # four clips differ, always in the same direction: the difference is > 0
+    own = score_interval(bench, labels, better, ctx)
+    assert high - low < own[1] - own[0]
+    assert all(np.isnan(paired_score_interval(bench, LabelTable({}, {}), better, worse, ctx)))

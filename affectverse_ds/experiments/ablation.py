@@ -1,24 +1,30 @@
-"""EWM vs the LoRA baseline on affectdyn, over seeds, with 95% intervals (issue 15, item 6).
+"""The paper's Table 3 ablation on affectdyn, over seeds, with 95% intervals (issue 24, item 2).
 
-    python -m affectverse_ds.experiments.ewm_vs_lora --seeds 3 --variants base,precursor \\
-        --out runs/ewm_evidence [--n-train 720 --n-test 72] [--keep-ratios 1.0,0.85,0.7,0.5,0.3]
+    python -m affectverse_ds.experiments.ablation --arms a,b,f --seeds 5 --variants base \\
+        --out runs/ablation [--n-train 720 --n-test 72] [--keep-ratios 1.0,0.7,0.5,0.3]
+    python -m affectverse_ds.experiments.ablation --recompute runs/ablation   # the tables from per_clip.json
 
-For every affectdyn variant (``base``; ``precursor``: a cue before the turn predicts the future) and
-seed, it trains three models with the demo recipe (``launch/configs/demo.yaml``, 2 CPU ranks, the
-real DeepSpeed launcher): AffectVerse with the leak-free context (``ewm.context_source=past``), the
-literal Algorithm 1 (``ewm.context_source=full``) and the LoRA baseline; evaluates them with
-``launch/evaluate.py`` (A+V+T, every keep ratio, rank mode); then reports
+Arms are Table 3's rows, trained with the demo recipe (``launch/configs/demo.yaml``, 900 steps on 720 clips,
+2 CPU ranks, the real DeepSpeed launcher) plus each arm's overrides (``demo.ARMS``): (a) the LoRA baseline,
+(b) + temporal splitting (keep-mask training, no EWM), (f) AffectVerse (the EWM with the leak-free context,
+``ewm.context_source=past``, belief tokens injected); ``f_full`` is (f) with the literal Algorithm 1 context.
+Rows (c)-(e) are intermediate injection variants this code does not offer as switches. For every variant
+(``base``; ``precursor``: a cue before the turn predicts the future) and seed it trains each arm, evaluates
+them with the evaluation entry point (A+V+T, every keep ratio, rank mode) and reports
 
-* per keep ratio the mean HIT rate over seeds with a 95% t-interval across seeds, and a paired
-  bootstrap over test clips (per clip, the hit averaged over seeds; 2000 resamples) of each model's
-  score and of each model minus the baseline;
-* Table 8 per keep ratio and stream: cosine and MSE of the imagined future (mean over rollout steps)
-  against repeat-last and mean-of-observed, computed here per clip (``imagination_trace``), with the
-  same two kinds of interval for the EWM minus each baseline.
+* per keep ratio and arm the mean HIT rate over seeds with a 95% t-interval across seeds and a bootstrap over
+  test clips (per clip, the hit averaged over seeds; 2000 resamples, ``eval.intervals``);
+* per keep ratio the comparisons (f)-(b), (f)-(a), (b)-(a) (and (f)-(f_full)): the t-interval of the
+  per-seed differences and the paired clip bootstrap (both arms on the same resampled clips);
+* Table 8 for the EWM arms: cosine and MSE of the imagined future against repeat-last and mean-of-observed,
+  per clip (``imagination_trace``), with the same two kinds of interval.
 
-Writes ``OUT/results.json`` and ``OUT/results.md``. Training seed = ``train.seed``; the clips of a
-variant are the same for every seed (data seed ``--data-seed``), so seeds vary initialisation,
-kappa draws, dropout and data order.
+Writes ``OUT/per_clip.json`` (every arm's, seed's and keep ratio's per-clip hits and fidelities: every table
+can be recomputed from it with ``--recompute``), ``OUT/results.json`` and ``OUT/results.md``. A rerun reuses
+a finished training (and evaluation) only if what made it matches (``run_spec.json`` beside it: overrides,
+shards, the recipe's text); anything else is trained again. Training seed = ``train.seed``; the clips of a
+variant are the same for every seed (``--data-seed``), so seeds vary initialisation, kappa draws, dropout
+and data order.
 """
 from __future__ import annotations
 
@@ -39,9 +45,11 @@ from affectverse_ds.eval import intervals, metrics
 from affectverse_ds.eval.wheel import PACKAGED_WHEEL_DIR
 from affectverse_ds.train.checkpoint import latest_checkpoint
 
-MODELS = {"ewm_past": ["ewm.context_source=past"], "ewm_full": ["ewm.context_source=full"], "lora": demo.BASELINE}
-EWM_MODELS = ("ewm_past", "ewm_full")
-BOOT_RESAMPLES = 2000  # over test clips (evaluation's own intervals use eval.intervals.RESAMPLES)
+# the arms: Table 3's rows the demo trains, and (f) with the literal Algorithm 1 context
+ARMS = {**demo.ARMS, "f_full": ("ewm_full", "AffectVerse, Algorithm 1's full-pass context",
+                                 [*demo.ARMS["f"][2], "ewm.context_source=full"])}
+EWM_ARMS = ("f", "f_full")
+COMPARISONS = (("f", "b"), ("f", "a"), ("b", "a"), ("f", "f_full"))  # (arm, minus this arm)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -59,7 +67,7 @@ def t_interval(values: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def bootstrap_interval(per_clip: np.ndarray, n_boot: int = BOOT_RESAMPLES, seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_interval(per_clip: np.ndarray, n_boot: int = intervals.RESAMPLES, seed: int = 0) -> tuple[float, float, float]:
     """(mean, low, high): 95% percentile bootstrap over clips of the mean of ``per_clip`` (one value per clip),
     by ``eval.intervals``. For a paired comparison pass the per-clip differences (both models on the same clips).
     """
@@ -80,7 +88,7 @@ def wheel_score(hits: np.ndarray) -> float:
     return float(np.nanmean(per_wheel))
 
 
-def bootstrap_score_interval(hits: np.ndarray, base: np.ndarray | None = None, n_boot: int = BOOT_RESAMPLES,
+def bootstrap_score_interval(hits: np.ndarray, base: np.ndarray | None = None, n_boot: int = intervals.RESAMPLES,
                              seed: int = 0) -> tuple[float, float, float]:
     """(score, low, high): 95% percentile bootstrap over clips of :func:`wheel_score`, or of the paired
     difference to ``base`` (the same resampled clips for both), by ``eval.intervals``."""
@@ -161,45 +169,79 @@ def run(args: argparse.Namespace) -> dict:
     wheel_dir = Path(args.wheel_dir)
     extra = [f"train.epochs={args.epochs}"] if args.epochs else []
     keep = ",".join(f"{k:g}" for k in args.keep_ratios)
+    recipe = demo.CONFIG.read_text()
     raw: dict = {}
     for variant in args.variants:
         process_dir, shards = prepare(art, args, variant)
         for seed in range(args.seeds):
             base = out / variant / f"seed{seed}"
             ckpts, trained = {}, False
-            for name, model_extra in MODELS.items():
-                done = latest_checkpoint(base / name / "checkpoints") if (base / name).is_dir() else None
-                if done is None:  # a rerun reuses finished trainings (a killed one starts again)
-                    shutil.rmtree(base / name, ignore_errors=True)
-                    done, trained = demo.train(name, shards, base, [f"train.seed={seed}", *extra, *model_extra],
-                                               base / "logs"), True
-                ckpts[name] = done
+            for arm in args.arms:
+                tag = ARMS[arm][0]
+                spec = {"overrides": [f"train.seed={seed}", *extra, *ARMS[arm][2]], "shards": str(shards),
+                        "recipe": recipe}
+                done = reusable(base / tag, spec)
+                if done is None:  # never trained, killed, or made with other arguments: train again
+                    shutil.rmtree(base / tag, ignore_errors=True)
+                    done, trained = demo.train(tag, shards, base, spec["overrides"], base / "logs"), True
+                    write_spec(base / tag, spec)
+                ckpts[arm] = done
             results = base / "results"
-            if trained or not (results / "affectdyn.json").is_file():  # ... and their finished evaluation
+            spec = {"checkpoints": [str(c) for c in ckpts.values()], "keep_ratios": keep, "wheels": str(wheel_dir)}
+            if trained or reusable(results, spec, needs_checkpoint=False) is None:  # ... and their evaluation
+                shutil.rmtree(results, ignore_errors=True)
                 demo._run([*demo.TORCHRUN, "--nproc_per_node", "2", "--master_port", str(demo.free_port()),
-                           "-m", "affectverse_ds.launch.evaluate", "--checkpoint", *(str(c) for c in ckpts.values()),
+                           "-m", "affectverse_ds.launch.evaluate", "--checkpoint", *spec["checkpoints"],
                            "--config", str(demo.CONFIG), "--benchmarks", "affectdyn", "--modality", "avt",
                            "--keep-ratio", keep, "--mode", "rank", "--no-probe", "--out", str(results),
                            f"data.shard_dir={shards}", f"eval.wheel_dir={wheel_dir}"], base / "logs" / "evaluate.log")
-            runs = json.loads((results / "affectdyn.json").read_text())["runs"]
-            labels = sorted({r["model"] for r in runs})
-            for name, ckpt in ckpts.items():
-                found = [lb for lb in labels if name in lb]  # evaluate labels checkpoints by their run folder
-                if len(found) != 1:
-                    raise SystemExit(f"cannot tell which evaluated model is {name}: {labels}")
-                label = found[0]
-                entry = raw.setdefault(variant, {}).setdefault(name, {}).setdefault(seed, {"score": {}, "hits": {}})
-                for r in runs:
-                    if r["model"] != label or r["modality"] != "avt":
-                        continue
-                    k = float(r["keep_ratio"])
-                    entry["score"][k] = float(r["score"])
-                    entry["hits"][k] = clip_hits(process_dir, results / r["predictions_file"]
-                                                 if not Path(r["predictions_file"]).is_absolute()
-                                                 else Path(r["predictions_file"]), wheel_dir)
-                if name in EWM_MODELS:
-                    entry["fidelity"] = clip_fidelity(ckpt, demo.CONFIG, [f"data.shard_dir={shards}"],
-                                                      args.keep_ratios)
+                write_spec(results, spec)
+            collect(raw.setdefault(variant, {}), results, ckpts, seed, process_dir, shards, wheel_dir, args)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "per_clip.json").write_text(json.dumps({"args": vars(args), "raw": raw}) + "\n")
+    return write_tables(out, raw, args)
+
+
+def reusable(folder: Path, spec: dict, needs_checkpoint: bool = True):
+    """The finished checkpoint (or True) of ``folder`` when its ``run_spec.json`` is ``spec``; else None."""
+    try:
+        if json.loads((folder / "run_spec.json").read_text()) != spec:
+            return None
+    except (OSError, ValueError):
+        return None
+    return latest_checkpoint(folder / "checkpoints") if needs_checkpoint else True
+
+
+def write_spec(folder: Path, spec: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run_spec.json").write_text(json.dumps(spec, indent=1) + "\n")
+
+
+def collect(raw: dict, results: Path, ckpts: dict, seed: int, process_dir: Path, shards: Path, wheel_dir: Path,
+            args: argparse.Namespace) -> None:
+    """One seed's evaluation into ``raw`` ({arm: {seed: {"score": {k: s}, "hits": {k: {clip: [..]}},
+    "fidelity": ...}}}; keep ratios as strings, the JSON form)."""
+    runs = json.loads((results / "affectdyn.json").read_text())["runs"]
+    labels = sorted({r["model"] for r in runs})
+    for arm, ckpt in ckpts.items():
+        found = [lb for lb in labels if lb.split("@")[0] == ARMS[arm][0]]  # labelled by run folder
+        if len(found) != 1:
+            raise SystemExit(f"cannot tell which evaluated model is arm {arm}: {labels}")
+        entry = raw.setdefault(arm, {}).setdefault(str(seed), {"score": {}, "hits": {}})
+        for r in runs:
+            if r["model"] != found[0] or r["modality"] != "avt":
+                continue
+            k = f"{float(r['keep_ratio']):g}"
+            predictions = Path(r["predictions_file"])
+            entry["score"][k] = float(r["score"])
+            entry["hits"][k] = clip_hits(process_dir, predictions if predictions.is_absolute()
+                                         else results / predictions, wheel_dir)
+        if arm in EWM_ARMS:
+            fid = clip_fidelity(ckpt, str(demo.CONFIG), [f"data.shard_dir={shards}"], args.keep_ratios)
+            entry["fidelity"] = {f"{k:g}": v for k, v in fid.items()}
+
+
+def write_tables(out: Path, raw: dict, args: argparse.Namespace) -> dict:
     summary = summarise(raw, args)
     (out / "results.json").write_text(json.dumps({"args": vars(args), "summary": summary}, indent=1) + "\n")
     (out / "results.md").write_text(to_markdown(summary, args))
@@ -226,34 +268,41 @@ def prepare(art: Path, args: argparse.Namespace, variant: str) -> tuple[Path, Pa
 
 
 def summarise(raw: dict, args: argparse.Namespace) -> dict:
-    """Means and 95% intervals (across seeds; paired bootstrap over clips) per variant, model and keep ratio."""
+    """Means and 95% intervals (across seeds; bootstrap over clips) per variant, arm and keep ratio, and the
+    paired comparisons of :data:`COMPARISONS`."""
     out: dict = {}
-    for variant, models in raw.items():
-        res = out.setdefault(variant, {"scores": [], "table8": []})
-        for k in args.keep_ratios:
+    for variant, arms in raw.items():
+        res = out.setdefault(variant, {"scores": [], "comparisons": [], "table8": []})
+        for kappa in args.keep_ratios:
+            k = f"{kappa:g}"
             per_seed, clip_mean = {}, {}
-            for name, seeds in models.items():
-                per_seed[name] = [s["score"][k] for s in seeds.values()]
-                names = sorted(next(iter(seeds.values()))["hits"][k])
+            for arm, seeds in arms.items():
+                order = sorted(seeds, key=int)
+                per_seed[arm] = [seeds[s]["score"][k] for s in order]
+                names = sorted(seeds[order[0]]["hits"][k])
                 # (clips, wheels), the hit averaged over seeds (the NaN pattern is the labels', the same every seed)
-                clip_mean[name] = np.array([[s["hits"][k][n] for n in names] for s in seeds.values()]).mean(0)
-            for name in models:
-                mean, lo, hi = t_interval(per_seed[name])
-                row = {"keep_ratio": k, "model": name, "seeds": per_seed[name], "mean": mean, "t95": [lo, hi],
-                       "boot95": list(bootstrap_score_interval(clip_mean[name])[1:]),
-                       "n_clips": len(clip_mean[name])}
-                if name != "lora" and "lora" in models:
-                    diff = [a - b for a, b in zip(per_seed[name], per_seed["lora"])]
-                    row["minus_lora_t95"] = list(t_interval(diff))
-                    row["minus_lora_boot95"] = list(bootstrap_score_interval(clip_mean[name], clip_mean["lora"]))
-                res["scores"].append(row)
-            for name in EWM_MODELS:
-                if name in models and k < 1.0:
-                    res["table8"] += table8_rows(models[name], name, k)
+                clip_mean[arm] = np.array([[seeds[s]["hits"][k][n] for n in names] for s in order]).mean(0)
+            for arm in arms:
+                mean, lo, hi = t_interval(per_seed[arm])
+                res["scores"].append({"keep_ratio": kappa, "arm": arm, "seeds": per_seed[arm], "mean": mean,
+                                      "t95": [lo, hi], "boot95": list(bootstrap_score_interval(clip_mean[arm])[1:]),
+                                      "n_clips": len(clip_mean[arm])})
+            for arm, other in COMPARISONS:
+                if arm in arms and other in arms:
+                    if sorted(arms[arm], key=int) != sorted(arms[other], key=int):
+                        raise SystemExit(f"arms {arm} and {other} have different seeds: cannot pair them")
+                    diff = [x - y for x, y in zip(per_seed[arm], per_seed[other])]
+                    res["comparisons"].append({
+                        "keep_ratio": kappa, "arm": arm, "minus": other, "seeds": diff,
+                        "t95": list(t_interval(diff)),
+                        "paired_boot95": list(bootstrap_score_interval(clip_mean[arm], clip_mean[other]))})
+            for arm in EWM_ARMS:
+                if arm in arms and kappa < 1.0:
+                    res["table8"] += table8_rows(arms[arm], arm, k)
     return out
 
 
-def table8_rows(seeds: dict, name: str, k: float) -> list[dict]:
+def table8_rows(seeds: dict, name: str, k: str) -> list[dict]:
     rows = []
     first = next(iter(seeds.values()))["fidelity"].get(k, {})
     for stream, preds in first.items():
@@ -264,7 +313,7 @@ def table8_rows(seeds: dict, name: str, k: float) -> list[dict]:
             per_seed = {p: [float(np.mean(list(s["fidelity"][k][stream][p][metric].values())))
                             for s in seeds.values()] for p in preds}
             for p in preds:
-                row = {"model": name, "keep_ratio": k, "stream": stream, "metric": metric, "predictor": p,
+                row = {"arm": name, "keep_ratio": float(k), "stream": stream, "metric": metric, "predictor": p,
                        "mean": float(np.mean(per_seed[p])), "t95": list(t_interval(per_seed[p])[1:]),
                        "boot95": list(bootstrap_interval(per_clip[p])[1:]), "n_clips": len(clips)}
                 if p != "ewm":
@@ -281,20 +330,27 @@ def _iv(pair) -> str:
 
 
 def to_markdown(summary: dict, args: argparse.Namespace) -> str:
-    lines = [f"# EWM vs LoRA on affectdyn: {args.seeds} seeds, {args.n_train} train / {args.n_test} test clips", ""]
+    lines = [f"# Table 3 ablation on affectdyn: arms {', '.join(args.arms)}; {args.seeds} seeds; "
+             f"{args.n_train} train / {args.n_test} test clips", "",
+             "Arms: " + "; ".join(f"({a}) {ARMS[a][1]}" for a in args.arms), ""]
     for variant, res in summary.items():
         lines += [f"## variant `{variant}`: HIT rate (A+V+T), mean over seeds", "",
-                  "| keep | model | mean | 95% t (seeds) | 95% bootstrap (clips) | minus LoRA: t (seeds) | "
-                  "minus LoRA: bootstrap (clips) |", "|---|---|---|---|---|---|---|"]
+                  "| keep | arm | mean | per seed | 95% t (seeds) | 95% bootstrap (clips) |", "|---|---|---|---|---|---|"]
         for r in res["scores"]:
-            lines.append(f"| {r['keep_ratio']:g} | {r['model']} | {r['mean']:.2f} | {_iv(r['t95'])} | "
-                         f"{_iv(r['boot95'])} | {_iv(r['minus_lora_t95']) if 'minus_lora_t95' in r else ''} | "
-                         f"{_iv(r['minus_lora_boot95']) if 'minus_lora_boot95' in r else ''} |")
+            seeds = " ".join(f"{s:.1f}" for s in r["seeds"])
+            lines.append(f"| {r['keep_ratio']:g} | ({r['arm']}) | {r['mean']:.2f} | {seeds} | {_iv(r['t95'])} | "
+                         f"{_iv(r['boot95'])} |")
+        lines += ["", f"### variant `{variant}`: paired comparisons (HIT points)", "",
+                  "| keep | comparison | mean difference | 95% t (seeds) | 95% paired bootstrap (clips) |",
+                  "|---|---|---|---|---|"]
+        for r in res["comparisons"]:
+            lines.append(f"| {r['keep_ratio']:g} | ({r['arm']}) - ({r['minus']}) | {r['t95'][0]:+.2f} | "
+                         f"{_iv(r['t95'])} | {_iv(r['paired_boot95'])} |")
         lines += ["", f"### variant `{variant}`: Table 8 (mean over rollout steps; EWM minus baseline intervals)", "",
-                  "| model | keep | stream | metric | predictor | mean | 95% t | 95% bootstrap | "
+                  "| arm | keep | stream | metric | predictor | mean | 95% t | 95% bootstrap | "
                   "EWM minus this: t | EWM minus this: bootstrap |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["table8"]:
-            lines.append(f"| {r['model']} | {r['keep_ratio']:g} | {r['stream']} | {r['metric']} | {r['predictor']} | "
+            lines.append(f"| ({r['arm']}) | {r['keep_ratio']:g} | {r['stream']} | {r['metric']} | {r['predictor']} | "
                          f"{r['mean']:.4f} | {_iv(r['t95'])} | {_iv(r['boot95'])} | "
                          f"{_iv(r['ewm_minus_this_t95']) if 'ewm_minus_this_t95' in r else ''} | "
                          f"{_iv(r['ewm_minus_this_boot95']) if 'ewm_minus_this_boot95' in r else ''} |")
@@ -304,24 +360,40 @@ def to_markdown(summary: dict, args: argparse.Namespace) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--variants", type=lambda s: s.split(","), default=["base", "precursor"])
+    p.add_argument("--arms", type=arms_list, default=["a", "b", "f"], help=f"Table 3 rows: {', '.join(ARMS)}")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--variants", type=lambda s: s.split(","), default=["base"])
     p.add_argument("--n-train", type=int, default=720)
     p.add_argument("--n-test", type=int, default=72)
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs of the demo recipe")
     p.add_argument("--keep-ratios", type=lambda s: [float(x) for x in s.split(",")],
-                   default=[1.0, 0.85, 0.7, 0.5, 0.3])
-    p.add_argument("--out", default="runs/ewm_evidence")
+                   default=[1.0, 0.7, 0.5, 0.3])
+    p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--recompute", action="store_true", help="only rewrite the tables from OUT/per_clip.json")
     p.add_argument("--wheel-dir", default=str(PACKAGED_WHEEL_DIR),
                    help="MER-UniBench emotion wheels for scoring (default: the ones shipped with the package)")
     return p.parse_args(argv)
 
 
+def arms_list(text: str) -> list[str]:
+    arms = text.split(",")
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
+    return arms
+
+
+def recompute(out: Path) -> dict:
+    """The tables again from ``out/per_clip.json``, with the arguments it was made with."""
+    saved = json.loads((out / "per_clip.json").read_text())
+    return write_tables(out, saved["raw"], argparse.Namespace(**saved["args"]))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     t0 = time.time()
-    run(args)
+    recompute(Path(args.out)) if args.recompute else run(args)
     print((Path(args.out) / "results.md").read_text())
     print(f"finished in {(time.time() - t0) / 60:.1f} min")
     return 0

@@ -1,13 +1,16 @@
-"""The statistics of the EWM-vs-LoRA experiment: intervals and the per-variant summary, on made-up runs."""
+"""The Table 3 ablation experiment: intervals, the per-variant summary and its comparisons, reuse of finished
+runs and the tables recomputed from the per-clip file, on made-up runs."""
 from __future__ import annotations
 
 import argparse
 import math
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from affectverse_ds.experiments import ewm_vs_lora as exp
+from affectverse_ds.experiments import ablation as exp
 
 
 def test_t_interval_matches_a_hand_computation():
@@ -28,30 +31,85 @@ def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_clips():
 
 
 def _seed(score, hits, fid=None):
-    out = {"score": {1.0: score, 0.5: score}, "hits": {1.0: hits, 0.5: hits}}
+    out = {"score": {"1": score, "0.5": score}, "hits": {"1": hits, "0.5": hits}}
     if fid is not None:
-        out["fidelity"] = {0.5: {"v": {p: {"cos": dict(fid[p]), "mse": dict(fid[p])} for p in fid}}}
+        out["fidelity"] = {"0.5": {"v": {p: {"cos": dict(fid[p]), "mse": dict(fid[p])} for p in fid}}}
     return out
 
 
-def test_summary_pairs_models_on_the_same_clips():
+def _raw():
     clips = {f"c{i}": [0.0, float("nan")] for i in range(4)}  # wheel 2: the label maps onto nothing
     good = dict(clips, c0=[100.0, float("nan")], c1=[100.0, float("nan")], c2=[100.0, float("nan")])
     fid = {"ewm": {"c0": 0.9, "c1": 0.8}, "repeat_last": {"c0": 0.5, "c1": 0.4}, "mean_observed": {"c0": 0.7, "c1": 0.7}}
-    raw = {"precursor": {"ewm_past": {0: _seed(75.0, good, fid), 1: _seed(75.0, good, fid)},
-                         "lora": {0: _seed(25.0, dict(clips, c3=[100.0, float("nan")])),
-                                  1: _seed(25.0, dict(clips, c3=[100.0, float("nan")]))}}}
-    summary = exp.summarise(raw, argparse.Namespace(keep_ratios=[1.0, 0.5]))
-    rows = {(r["model"], r["keep_ratio"]): r for r in summary["precursor"]["scores"]}
-    ewm = rows[("ewm_past", 1.0)]
-    assert ewm["mean"] == 75.0 and ewm["minus_lora_t95"][0] == 50.0 and ewm["n_clips"] == 4
-    assert ewm["boot95"][0] <= 75.0 <= ewm["boot95"][1] and ewm["boot95"][1] > ewm["boot95"][0]
-    assert ewm["minus_lora_boot95"][0] == pytest.approx(50.0)
+    one = dict(clips, c3=[100.0, float("nan")])
+    return {"precursor": {"f": {"0": _seed(75.0, good, fid), "1": _seed(75.0, good, fid)},
+                          "b": {"0": _seed(50.0, dict(one, c0=[100.0, float("nan")])), "1": _seed(50.0, dict(one, c0=[100.0, float("nan")]))},
+                          "a": {"0": _seed(25.0, one), "1": _seed(25.0, one)}}}
+
+
+def test_summary_pairs_arms_on_the_same_clips():
+    args = argparse.Namespace(keep_ratios=[1.0, 0.5], arms=["a", "b", "f"], seeds=2, n_train=1, n_test=4)
+    summary = exp.summarise(_raw(), args)
+    rows = {(r["arm"], r["keep_ratio"]): r for r in summary["precursor"]["scores"]}
+    f = rows[("f", 1.0)]
+    assert f["mean"] == 75.0 and f["n_clips"] == 4
+    assert f["boot95"][0] <= 75.0 <= f["boot95"][1] and f["boot95"][1] > f["boot95"][0]
+    comp = {(r["arm"], r["minus"], r["keep_ratio"]): r for r in summary["precursor"]["comparisons"]}
+    assert set(comp) == {(x, y, k) for x, y in (("f", "b"), ("f", "a"), ("b", "a")) for k in (1.0, 0.5)}
+    assert comp[("f", "a", 1.0)]["t95"][0] == 50.0 and comp[("f", "a", 1.0)]["paired_boot95"][0] == pytest.approx(50.0)
+    fb = comp[("f", "b", 1.0)]
+    assert fb["seeds"] == [25.0, 25.0] and fb["paired_boot95"][0] == pytest.approx(25.0)
+    assert fb["paired_boot95"][1] <= 25.0 <= fb["paired_boot95"][2]
     t8 = [r for r in summary["precursor"]["table8"] if r["metric"] == "cos"]
     by = {r["predictor"]: r for r in t8}
     assert by["ewm"]["mean"] == pytest.approx(0.85)
     assert by["repeat_last"]["ewm_minus_this_t95"][0] == pytest.approx(0.4)
-    assert "| 0.5 | ewm_past |" in exp.to_markdown(summary, argparse.Namespace(seeds=2, n_train=1, n_test=4))
+    md = exp.to_markdown(summary, args)
+    assert "| 0.5 | (f) |" in md and "| 1 | (f) - (b) | +25.00 |" in md
+
+
+def test_arms_without_the_same_seeds_are_not_paired():
+    raw = _raw()
+    del raw["precursor"]["b"]["1"]
+    with pytest.raises(SystemExit, match="different seeds"):
+        exp.summarise(raw, argparse.Namespace(keep_ratios=[1.0], arms=["b", "f"]))
+
+
+def test_tables_are_recomputed_from_the_per_clip_file(tmp_path):
+    args = argparse.Namespace(keep_ratios=[1.0, 0.5], arms=["a", "b", "f"], seeds=2, n_train=1, n_test=4)
+    import json
+
+    (tmp_path / "per_clip.json").write_text(json.dumps({"args": vars(args), "raw": _raw()}))
+    assert exp.recompute(tmp_path) == json.loads(json.dumps(exp.summarise(_raw(), args)))
+    assert (tmp_path / "results.md").read_text() == exp.to_markdown(exp.summarise(_raw(), args), args)
+
+
+def test_a_finished_run_is_reused_only_when_what_made_it_matches(tmp_path, monkeypatch):
+    # what counts as a complete checkpoint is checkpoint.py's business (tested there): here, a folder named step_*
+    monkeypatch.setattr(exp, "latest_checkpoint", lambda d: next(iter(sorted(Path(d).glob("step_*"))), None))
+    spec = {"overrides": ["train.seed=0", "ewm.enabled=false"], "shards": "/s", "recipe": "data: {}\n"}
+    run = tmp_path / "keepmask"
+    assert exp.reusable(run, spec) is None  # nothing there
+    exp.write_spec(run, spec)
+    assert exp.reusable(run, spec) is None  # no finished checkpoint
+    (run / "checkpoints" / "step_000010").mkdir(parents=True)
+    assert exp.reusable(run, spec) == run / "checkpoints" / "step_000010"
+    assert exp.reusable(run, {**spec, "overrides": ["train.seed=1", "ewm.enabled=false"]}) is None
+    assert exp.reusable(run, {**spec, "recipe": "data: {x: 1}\n"}) is None
+    (run / "run_spec.json").write_text("{not json")
+    assert exp.reusable(run, spec) is None
+    exp.write_spec(run, spec)
+    assert exp.reusable(run, spec, needs_checkpoint=False) is True
+
+
+def test_arms_are_table_3_rows():
+    assert exp.parse_args([]).arms == ["a", "b", "f"] and exp.parse_args([]).seeds == 5
+    with pytest.raises(SystemExit):
+        exp.parse_args(["--arms", "a,z"])
+    overrides = {arm: set(extra) for arm, (_, _, extra) in exp.ARMS.items()}
+    assert "ewm.enabled=false" in overrides["a"] and "ewm.temporal_split=false" in overrides["a"]
+    assert "ewm.enabled=false" in overrides["b"] and "ewm.temporal_split=true" in overrides["b"]
+    assert "ewm.enabled=true" in overrides["f"] and "ewm.context_source=full" in overrides["f_full"]
 
 
 def test_wheel_score_is_the_mean_over_wheels_of_each_wheels_hit_rate():
@@ -64,7 +122,7 @@ def test_command_line_defaults_parse_and_score_with_the_packaged_wheels():
     --wheel-dir, scores with the wheels shipped in the package."""
     args = exp.parse_args(["--seeds", "3", "--variants", "base,precursor", "--out", "x"])
     assert args.seeds == 3 and args.variants == ["base", "precursor"]
-    assert args.keep_ratios == [1.0, 0.85, 0.7, 0.5, 0.3]
+    assert args.keep_ratios == [1.0, 0.7, 0.5, 0.3]
     from pathlib import Path
 
     assert any(Path(args.wheel_dir).iterdir())
