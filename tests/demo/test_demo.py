@@ -66,7 +66,7 @@ def test_shortened_demo_runs_every_stage_and_learns_from_an_installed_package(tm
     chance = float(text.split("chance level (uniform random class), HIT: ")[1].split(";")[0])
     assert 10.0 < chance < 40.0, chance
     runs = json.loads((out / "results" / "affectdyn.json").read_text())["runs"]
-    for model in ("ewm@", "lora@"):
+    for model in ("ewm@", "lora@", "keepmask@"):  # rows (f), (a), (b) of Table 3
         full = [r["score"] for r in runs if r["model"].startswith(model) and r["modality"] == "avt"
                     and r["keep_ratio"] == 1.0]
         assert len(full) == 1 and full[0] >= 1.5 * chance, (model, full, chance, text[-2500:])
@@ -75,7 +75,12 @@ def test_shortened_demo_runs_every_stage_and_learns_from_an_installed_package(tm
     assert last["loss/lm"] < 0.5 * first["loss/lm"], (first["loss/lm"], last["loss/lm"])
     assert last["loss/imagine"] < first["loss/imagine"], (first["loss/imagine"], last["loss/imagine"])
     assert {(r["model"].split("@")[0], r["modality"]) for r in runs} >= {
-        ("ewm", "avt"), ("ewm", "at"), ("ewm", "vt"), ("lora", "avt"), ("lora", "at"), ("lora", "vt")}
+        (m, s) for m in ("ewm", "lora", "keepmask") for s in ("avt", "at", "vt")}
+    table = text.split("Table 3 rows on affectdyn")[1].splitlines()
+    for kappa in ("1.0", "0.5", "0.3"):  # three scores, then (f)-(b) and (f)-(a) with their intervals
+        row = next(line.split() for line in table if line.split()[:1] == [kappa])
+        assert len(row) == 10 and row[5].startswith("[") and row[8].startswith("["), row
+        assert f"keep {kappa}: " in text
     summary = (out / "results" / "summary.md").read_text()
     assert "repeat last observed" in summary and "mean of observed" in summary  # Table 8 baselines
     assert list((out / "results" / "plots").glob("*.png"))
