@@ -32,6 +32,10 @@ class Batch(TypedDict, total=False):
     video_second_per_grid: torch.Tensor  # (n_videos,) float, seconds per temporal grid (2 frames / fps)
     input_features: torch.Tensor  # (n_audios, 128, T_max) float, Whisper log-mel
     feature_attention_mask: torch.Tensor  # (n_audios, T_max) long
+    # the raw waveforms behind input_features (16 kHz mono), zero-padded: the model cuts them at the keep point and
+    # makes the observed past's own log-mel and audio-tower pass (model/past_inputs.py)
+    audio_waveform: torch.Tensor  # (n_audios, S_max) float
+    audio_waveform_lengths: torch.Tensor  # (n_audios,) long, samples; audio_feature_length(n) = mask sum
     has_video: torch.Tensor  # (B,) bool
     has_audio: torch.Tensor  # (B,) bool
     meta: list[dict[str, Any]]  # per sample: benchmark, split, name, label, answer, ... (host only)

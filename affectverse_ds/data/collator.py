@@ -64,6 +64,9 @@ class EncodedSample:
     second_per_grid: float | None
     audio_features: np.ndarray | None  # (128, T) float32, all frames valid
     meta: dict[str, Any]
+    # (n_samples,) float32: the waveform the features were made from; the model cuts it at the keep point
+    # and makes the past's own log-mel (model/past_inputs.py), so the observed past never sees the future
+    waveform: np.ndarray | None = None
 
 
 def setting_prompt(meta: dict[str, Any], setting: str) -> tuple[str, bool, bool]:
@@ -180,9 +183,10 @@ class SampleEncoder:
         if use_video:
             frames = processing.decode_frames(sample.frames, plan.frame_indices, size=self.data.frame_size)
             pixel_values, grid = processing.patchify_frames(frames)
-        features = None
+        features = waveform = None
         if use_audio:
-            features = processing.audio_features(sample.audio[: plan.audio_samples], self.extractor)
+            waveform = np.ascontiguousarray(sample.audio[: plan.audio_samples], dtype=np.float32)
+            features = processing.audio_features(waveform, self.extractor)
 
         input_ids, answer_start = _expand_placeholders(prompt_ids, plan.video_tokens, plan.audio_tokens, answer_ids)
         _check_sample_counts(input_ids, grid, features, meta["name"])
@@ -199,7 +203,7 @@ class SampleEncoder:
             input_ids=input_ids, labels=labels, answer_start=answer_start,
             pixel_values=pixel_values, grid_thw=grid,
             second_per_grid=plan.second_per_grid if use_video else None,
-            audio_features=features, meta=out_meta,
+            audio_features=features, meta=out_meta, waveform=waveform,
         )
 
     def _split_tokens(self, text: str, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -298,5 +302,31 @@ def collate(samples: list[EncodedSample]) -> Batch:
             mask[i, : a.shape[1]] = 1
         batch["input_features"] = features
         batch["feature_attention_mask"] = mask
+        _collate_waveforms(batch, [s for s in samples if s.audio_features is not None])
     check_placeholder_counts(batch)
     return batch
+
+
+def _collate_waveforms(batch: Batch, audios: list[EncodedSample]) -> None:
+    """``audio_waveform`` (zero-padded) and ``audio_waveform_lengths`` of the audio samples, when they carry one.
+
+    All or none: a batch mixing samples with and without a waveform is a caller's bug. Each waveform must make
+    exactly its features' mel frames (the model cuts it and recounts the tokens with the same formulas).
+    """
+    waves = [s.waveform for s in audios]
+    if all(w is None for w in waves):
+        return
+    if any(w is None for w in waves):
+        raise ValueError("collate: some audio samples carry their waveform and some do not")
+    for s in audios:
+        if processing.audio_feature_length(len(s.waveform)) != s.audio_features.shape[1]:
+            raise PlaceholderCountError(
+                f"{s.meta.get('name', '?')}: a waveform of {len(s.waveform)} samples makes "
+                f"{processing.audio_feature_length(len(s.waveform))} mel frames, its features have "
+                f"{s.audio_features.shape[1]}")
+    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
+    wave = torch.zeros((len(waves), int(lengths.max())), dtype=torch.float)
+    for i, w in enumerate(waves):
+        wave[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
+    batch["audio_waveform"] = wave
+    batch["audio_waveform_lengths"] = lengths

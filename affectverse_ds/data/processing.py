@@ -137,6 +137,24 @@ def audio_output_length(n_mel_frames: int) -> int:
     return (after_conv - 2) // 2 + 1
 
 
+def audio_token_count(n_samples: int) -> int:
+    """LLM tokens of a waveform of ``n_samples``: the collator's count (mel frames, then the tower's arithmetic)."""
+    return audio_output_length(audio_feature_length(n_samples))
+
+
+# the shortest waveform that makes one audio token: 3 mel frames (audio_output_length(2) = 0)
+MIN_AUDIO_SAMPLES = 2 * HOP_LENGTH + 1
+
+
+def audio_keep_samples(kappa: float, n_samples: int) -> int:
+    """The keep point of a waveform at keep ratio ``kappa``, in samples: ``floor(kappa * n)`` (float64, the
+    rounding of ``model.ewm.split_points``), at least :data:`MIN_AUDIO_SAMPLES` so one token is kept, at most
+    ``n``. The observed past is the waveform's first ``audio_keep_samples`` samples and its token count is
+    :func:`audio_token_count` of them: exactly what the collator makes of a clip cut there.
+    """
+    return min(n_samples, max(math.floor(float(kappa) * n_samples), MIN_AUDIO_SAMPLES))
+
+
 def max_mel_frames_for_tokens(n_tokens: int) -> int:
     """The largest mel-frame count whose audio makes at most ``n_tokens`` tokens (inverse of audio_output_length)."""
     # audio_output_length(L) = (ceil(L/2) - 2) // 2 + 1 <= n  <=>  ceil(L/2) <= 2n + 1  <=>  L <= 4n + 2

@@ -3,9 +3,11 @@
 The components live beside this file; here they are wired. One training step (paper Algorithm 1), in
 :meth:`AffectVerseModel.forward`:
 
-    1. towers once (frozen, no grad) -> embedded sequence      ``thinker_io.embed``
-       and the host plan: kappa, modality dropout, the EWM's
+    1. the host plan: kappa, modality dropout, the EWM's
        past/future split, the three sequence plans             ``step_plan.plan_step``
+       and the towers (frozen, no grad): once on the full clip  ``thinker_io.embed``
+       and once on the clip cut at kappa (``ewm.context_source
+       = "past"``: what the truncated sequences read)          ``past_inputs.past_embeddings``
     2. full-observation pass (no grad, stopped after the last
        A/V token) and the leak-free past pass                  ``ewm_context.ewm_states``
        -- or both from one KV cache with the second pass       ``shared_prefix.shared_passes``
@@ -28,7 +30,7 @@ import torch
 from torch import nn
 
 from affectverse_ds.config import AffectVerseConfig
-from affectverse_ds.model import decoding, ewm_context, objective, shared_prefix, step_plan, thinker_io
+from affectverse_ds.model import decoding, ewm_context, objective, past_inputs, shared_prefix, step_plan, thinker_io
 from affectverse_ds.model.backbone import load_thinker
 from affectverse_ds.model.ewm import EmotionWorldModule, EWMOutput
 from affectverse_ds.model.lora import apply_lora
@@ -82,6 +84,9 @@ class AffectVerseModel(nn.Module):
     def _embed(self, batch: dict) -> torch.Tensor:
         return thinker_io.embed(self.core, batch)
 
+    def _embed_past(self, batch: dict, base: torch.Tensor, regions, kappa: torch.Tensor) -> torch.Tensor:
+        return past_inputs.past_embeddings(self.core, batch, base, regions, kappa)
+
     def _decoder(self, x, mask, pos, cache=None, source_layer: int = -1):
         return thinker_io.decode(self.core, x, mask, pos, cache, source_layer)
 
@@ -89,12 +94,23 @@ class AffectVerseModel(nn.Module):
 
     def _setup(self, batch: dict, kappa, generator, for_generation: bool) -> step_plan.StepPlan:
         """The embedded batch and its host plan (steps 1 and 4's bookkeeping)."""
-        embeds = self._embed(batch)  # first: on a GPU the towers' kernels run while the host plans
         s = step_plan.plan_step(batch, self.cfg, kappa, generator, training=self.training and not for_generation,
                                 for_generation=for_generation, geometry=thinker_io.rope_geometry(self.core),
                                 belief_counts=self.ewm.belief_counts if self.ewm is not None else None)
-        s.embeds = embeds
+        cut = self.cfg.ewm.context_source == "past" and bool(s.truncated)
+        # at evaluation with keep < 1 every plan is truncated: the full clip's towers are not run at all
+        s.embeds = self._embed(batch) if not cut or s.needs_full_towers() else None
+        if cut:
+            self.observe_past(batch, s, s.kappa)
         return s
+
+    def observe_past(self, batch: dict, s: step_plan.StepPlan, kappa: torch.Tensor) -> None:
+        """Set ``s.embeds_past``: the towers of the clip cut at ``kappa`` (B,) for the truncated plans
+        (``past_inputs.py``); ``s.embeds`` too when the full clip's towers were not run."""
+        base = s.embeds if s.embeds is not None else thinker_io.embed_tokens(self.core, batch["input_ids"])
+        s.embeds_past = self._embed_past(batch, base, s.regions, kappa)
+        if s.embeds is None:
+            s.embeds = s.embeds_past
 
     def _split_ewm(self, s, regions, mask, answer, kappa) -> None:
         """Kept for callers of the old method (``step_plan.split_ewm``; ``self`` is not read)."""

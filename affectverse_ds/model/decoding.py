@@ -4,7 +4,11 @@ Each function takes the :class:`~affectverse_ds.model.affect_model.AffectVerseMo
 (the model exposes them as methods). Inference uses the training preparation (``model.prepare_inputs``)
 with kappa = 1 (nothing dropped), belief tokens in the same two places, left padding and the KV cache.
 ``kappa < 1`` at evaluation (paper Table 2) means the model observes only the first kappa of every A/V
-region: both passes see the truncated sequence and the EWM treats all observed tokens as past.
+stream, exactly as if the clip had been cut there (``ewm.context_source = "past"``): the towers run on the cut
+clip alone (the waveform's first ``processing.audio_keep_samples`` samples, the first kept frame groups; see
+``past_inputs.py``), both passes see the truncated sequence and the EWM treats all observed tokens as past.
+Under ``"full"`` the truncated sequence gathers its A/V tokens from the full clip's towers (the code before
+issue 24).
 """
 from __future__ import annotations
 
@@ -26,7 +30,10 @@ def imagination_trace(model, batch: dict, kappa: float) -> ImaginationTrace:
     s = model._setup(batch, None, None, for_generation=True)
     b, dev = s.embeds.shape[0], s.embeds.device
     # the same split as training: whole video frame groups, context from the past pass (ewm.context_source)
-    split_ewm(s, s.regions, s.mask, s.answer, torch.full((b,), float(kappa), dtype=torch.float64))
+    kap = torch.full((b,), float(kappa), dtype=torch.float64)
+    split_ewm(s, s.regions, s.mask, s.answer, kap)
+    if model.cfg.ewm.context_source == "past" and s.plan_past is not None:
+        model.observe_past(batch, s, kap)  # the past pass reads the cut clip's own towers
     hidden = ewm_inputs(s, *(ewm_states(model._decoder, s, model.cfg.ewm) if s.needs_states else (None, None)))
     lengths = [n.to(dev) for n in s.lengths]
     split = [t.to(dev) for t in s.split]

@@ -1,5 +1,7 @@
 """The Emotion World Module (paper Sec. 3.2, App. D, Table 7): a plain ``nn.Module``, no backbone inside.
 
+Over 400 lines: ~40 are this docstring (pipeline and parameter count); its building blocks serve only this module.
+
 Inputs are the thinker's hidden states at the video/audio token positions of
 each sample (padded to a batch); outputs are up-projected belief tokens ready to
 be inserted into the LLM sequence, the imagination loss and evaluation metrics.
@@ -68,6 +70,17 @@ def split_points(kappa: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     lengths = lengths.long()
     tp = torch.floor(kappa.double().cpu().to(lengths.device) * lengths.double()).long()
     return torch.minimum(tp.clamp(min=1), lengths)
+
+
+def past_view(z: list[torch.Tensor], past: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``z`` and the past masks cut to the columns up to the batch's last past token, per modality (at least one).
+
+    What reads only the past reads these: its arithmetic (attention and pooling widths) is then the same whatever
+    the future's length, so the beliefs are bit-identical functions of the past (tests/model/test_ewm_leak.py).
+    One host sync per modality.
+    """
+    widths = [int(p.any(0).long().cumsum(0).argmax()) + 1 for p in past]
+    return [t[:, :w] for t, w in zip(z, widths)], [p[:, :w] for p, w in zip(past, widths)]
 
 
 def adaptive_pool_matrix(start: torch.Tensor, length: torch.Tensor, n_bins: int, width: int) -> torch.Tensor:
@@ -282,6 +295,7 @@ class EmotionWorldModule(nn.Module):
 
     def rollout(self, z: list[torch.Tensor], past: list[torch.Tensor]) -> list[torch.Tensor]:
         """Both modalities' imagined futures from their past masks: [(B, S, N_s, d_w)] x 2."""
+        z, past = past_view(z, past)
         return [self.imagine[m](*self.context(z, past, m)) for m in range(2)]
 
     @staticmethod
@@ -347,7 +361,7 @@ class EmotionWorldModule(nn.Module):
             b = torch.randn(shape, generator=generator).to(dev, z[0].dtype)
         else:
             if cfg.belief == "pooling":
-                b = self._pooled_beliefs(z, split, use)
+                b = self._pooled_beliefs(past_view(z, past)[0], split, use)
             elif cfg.belief == "imagination":
                 b = self._pooled_imagination(ys, use)
             else:

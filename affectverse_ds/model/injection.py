@@ -9,7 +9,10 @@ Rules:
 * A/V regions are maximal runs of ``<|VIDEO|>`` / ``<|AUDIO|>`` placeholders.
   The keep mask keeps the first ``split_points(kappa, n_units) * unit`` tokens of each, where a unit is a
   temporal patch group for video (``grid_h * grid_w / merge^2`` tokens: whole 2-frame groups are kept or
-  dropped, never part of one's spatial rows) and one token for audio.
+  dropped, never part of one's spatial rows) and one token for audio; an audio region whose waveform length
+  is known is cut in samples instead (``processing.audio_keep_samples``) and keeps the tokens the collator
+  would make of the clip cut there (``processing.audio_token_count``), the count ``past_inputs.py``'s own
+  tower pass produces.
 * Belief tokens: the first half right after the last (kept) A/V token, the
   second half right before the first answer token (after ``<|im_start|>assistant\\n``);
   with ``positions=1`` all of them before the answer. Labels -100, attention 1.
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from affectverse_ds.data import processing
 from affectverse_ds.data.batch import AUDIO_TOKEN_ID, IGNORE_INDEX, VIDEO_TOKEN_ID
 from affectverse_ds.model.ewm import split_points
 
@@ -41,6 +45,7 @@ class Region:
     kind: int  # VIDEO or AUDIO
     offsets: np.ndarray  # (3, end - start) (t, h, w) offsets from the region's first token
     unit: int = 1  # tokens per cut unit: one temporal patch group (video), one token (audio)
+    samples: int = 0  # audio: waveform samples behind the region (0: unknown, cut in tokens)
 
 
 @dataclass
@@ -90,15 +95,17 @@ def find_regions(
     video_second_per_grid: torch.Tensor | None,
     merge: int = 2,
     pos_per_second: int = 25,
+    audio_samples: torch.Tensor | None = None,
 ) -> list[list[Region]]:
-    """The A/V regions of every sample; videos are matched to regions in batch order (the batch contract).
+    """The A/V regions of every sample; videos and audios are matched to regions in batch order (the batch contract).
 
     Args:
         input_ids, attention_mask: (B, L) on the host.
         video_grid_thw: (n_videos, 3); video_second_per_grid: (n_videos,) (default 1.0 s).
+        audio_samples: (n_audios,) waveform lengths (``audio_waveform_lengths``), or None (audio cut in tokens).
     """
     out: list[list[Region]] = []
-    n_video = 0
+    n_video = n_audio = 0
     ids = input_ids.numpy()
     real = attention_mask.numpy().astype(bool)
     for i in range(ids.shape[0]):
@@ -118,10 +125,15 @@ def find_regions(
                     raise ValueError(f"sample {i}: {e - s} video tokens but grid {video_grid_thw[n_video].tolist()}")
                 n_video += 1
                 unit = (e - s) // int(video_grid_thw[n_video - 1][0])
+                samples = 0
             else:
                 off = np.repeat(np.arange(e - s)[None], 3, axis=0)
                 unit = 1
-            rows.append(Region(s, e, kind, off, unit))
+                samples = int(audio_samples[n_audio]) if audio_samples is not None else 0
+                if samples and processing.audio_token_count(samples) != e - s:
+                    raise ValueError(f"sample {i}: {e - s} audio tokens but a waveform of {samples} samples")
+                n_audio += 1
+            rows.append(Region(s, e, kind, off, unit, samples))
         out.append(rows)
     return out
 
@@ -194,12 +206,14 @@ def plan_row(
 
 
 def keep_counts(kappa: torch.Tensor | float, regions: list[Region]) -> list[int]:
-    """Tokens the keep mask keeps per region: whole units (temporal patch groups / audio tokens), at least one."""
+    """Tokens the keep mask keeps per region: whole units (temporal patch groups / audio tokens), at least one;
+    an audio region with its waveform length: the tokens of the waveform cut at ``kappa`` in samples."""
     if not regions:
         return []
     units = torch.tensor([(r.end - r.start) // r.unit for r in regions], dtype=torch.long)
     kept = split_points(torch.as_tensor(kappa, dtype=torch.float64).expand(len(regions)), units)
-    return [int(k) * r.unit for k, r in zip(kept, regions)]
+    return [processing.audio_token_count(processing.audio_keep_samples(float(kappa), r.samples)) if r.samples
+            else int(k) * r.unit for k, r in zip(kept, regions)]
 
 
 def build_plan(

@@ -6,11 +6,16 @@ Pure functions of (batch tensors, config, generator): no model, no decoder, noth
 - ``plan0``: the full-observation sequence up to its last A/V token (first pass; the EWM's targets);
 - ``plan_past``: the same prefix with only the kept (past) A/V tokens (past pass; the EWM's context);
 - ``plan``: the modified sequence, keep mask applied and belief tokens inserted (second pass, with grad).
+
+A plan that truncates the clip (``plan_past``; ``plan`` under the keep mask; ``plan0`` at evaluation with keep
+< 1) is listed in ``StepPlan.truncated``. Under ``ewm.context_source = "past"`` those read ``embeds_past``, the
+tower outputs of the clip cut at the keep point (``past_inputs.py``), and the others ``embeds``, the full clip's;
+under ``"full"`` every plan reads ``embeds`` (the literal Algorithm 1).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,7 +32,7 @@ KINDS = (inj.VIDEO, inj.AUDIO)  # the EWM's modality order: [video, audio]
 class StepPlan:
     """Host bookkeeping of one batch (plans, kappa, modality use) and its embedded tokens."""
 
-    embeds: torch.Tensor | None  # (B, L, d), towers scattered in, no grad; set by the model
+    embeds: torch.Tensor | None  # (B, L, d), full-clip towers scattered in, no grad; set by the model
     kappa: torch.Tensor  # (B,) float64
     training: bool
     plan: inj.SequencePlan | None = None  # the modified sequence (second pass)
@@ -42,6 +47,18 @@ class StepPlan:
     regions: list | None = None  # inj.find_regions of the batch
     mask: torch.Tensor | None = None  # (B, L) host attention mask of the batch
     answer: torch.Tensor | None = None  # (B,) first answer column
+    truncated: set[str] = field(default_factory=set)  # names of the plans that see the clip cut at kappa
+    embeds_past: torch.Tensor | None = None  # (B, L, d), the cut clip's own towers at the kept columns; set by the model
+
+    def table(self, name: str) -> torch.Tensor:
+        """The embeddings plan ``name`` ("plan", "plan0", "plan_past") gathers from: the cut clip's towers for a
+        truncated plan when the model computed them (``ewm.context_source = "past"``), else the full clip's."""
+        return self.embeds_past if self.embeds_past is not None and name in self.truncated else self.embeds
+
+    def needs_full_towers(self) -> bool:
+        """Some plan reads the full clip's tower outputs (else only the cut clip's are computed)."""
+        return any(p is not None and n not in self.truncated
+                   for n, p in (("plan", self.plan), ("plan0", self.plan0), ("plan_past", self.plan_past)))
 
 
 def draw_kappa(b: int, kappa, training: bool, e: EWMConfig, generator) -> torch.Tensor:
@@ -92,7 +109,8 @@ def plan_step(batch: dict, cfg: AffectVerseConfig, kappa, generator, *, training
     """
     mask = batch["attention_mask"].cpu()
     regions = inj.find_regions(batch["input_ids"].cpu(), mask, _cpu(batch.get("video_grid_thw")),
-                               _cpu(batch.get("video_second_per_grid")), *geometry)
+                               _cpu(batch.get("video_second_per_grid")), *geometry,
+                               audio_samples=_cpu(batch.get("audio_waveform_lengths")))
     answer = answer_cols(batch, mask)
     b = mask.shape[0]
     kap = draw_kappa(b, kappa, training, cfg.ewm, generator)
@@ -104,6 +122,8 @@ def plan_step(batch: dict, cfg: AffectVerseConfig, kappa, generator, *, training
         # the full-observation pass sees everything in training, the observed prefix at evaluation
         s.plan0 = inj.build_plan(regions, mask, None, answer, None if training else keep_ratio,
                                  torch.zeros(b, dtype=torch.long), stop_after_av=True)
+        if keep_ratio is not None and not training:
+            s.truncated.add("plan0")
         s.lengths = [(s.plan0.kind == k).sum(1) for k in KINDS]
         split_ewm(s, regions, mask, answer, kap if training else None)
         s.use = modality_use(s.lengths, training, cfg.ewm.modality_dropout, generator)
@@ -115,6 +135,8 @@ def plan_step(batch: dict, cfg: AffectVerseConfig, kappa, generator, *, training
     s.plan = inj.build_plan(regions, mask, labels.cpu() if labels is not None else None, answer, keep_ratio,
                             n_belief, cfg.injection.positions,
                             pad_side="left" if for_generation else "right", cut_at_answer=for_generation)
+    if keep_ratio is not None:
+        s.truncated.add("plan")
     return s
 
 
@@ -135,6 +157,7 @@ def split_ewm(s: StepPlan, regions, mask, answer, kappa: torch.Tensor | None) ->
     if all(bool((t == n).all()) for t, n in zip(s.split, s.lengths)):
         return
     s.plan_past = past
+    s.truncated.add("plan_past")
     s.past_cols = [columns(past.kind == k) for k in KINDS]
     # plan0 columns per modality: the kept tokens (in plan_past order), then the dropped ones
     for m in range(2):
@@ -161,7 +184,7 @@ def context_grad(s: StepPlan, e: EWMConfig) -> bool:
 def prepared(s: StepPlan, ewm_out: EWMOutput | None, cols: slice = slice(None)) -> Prepared:
     """The modified sequence (``s.plan``) of the embedded batch, belief tokens inserted, on the embeds' device."""
     dev = s.embeds.device
-    x = inj.gather_embeddings(s.plan, s.embeds, ewm_out.beliefs if ewm_out is not None else None, cols)
+    x = inj.gather_embeddings(s.plan, s.table("plan"), ewm_out.beliefs if ewm_out is not None else None, cols)
     p = s.plan
     return Prepared(x, p.attention_mask.to(dev), p.position_ids[:, :, cols].to(dev), p.labels.to(dev),
                     p, ewm_out, s.kappa)

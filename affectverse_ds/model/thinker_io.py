@@ -38,19 +38,36 @@ def is_checkpointing(core: nn.Module) -> bool:
 
 @torch.no_grad()
 def embed(core: nn.Module, batch: dict) -> torch.Tensor:
-    """Token embeddings with the (frozen) tower outputs scattered in: (B, L, d). Towers run once per step."""
+    """Token embeddings with the (frozen) full-clip tower outputs scattered in: (B, L, d). Towers run once per step."""
     model = core.model
     ids = batch["input_ids"]
     emb = model.get_input_embeddings()(ids)
     grid = batch.get("video_grid_thw")
     if batch.get("pixel_values_videos") is not None and grid is not None and grid.numel():
-        video = torch.cat(model.get_video_features(batch["pixel_values_videos"], grid, return_dict=True).pooler_output)
+        video = video_tokens(core, batch["pixel_values_videos"], grid)
         emb = emb.masked_scatter((ids == VIDEO_TOKEN_ID)[..., None], video.to(emb.dtype))
     feats = batch.get("input_features")
     if feats is not None and feats.shape[0]:
-        audio = model.get_audio_features(feats, batch["feature_attention_mask"], return_dict=True).last_hidden_state
+        audio = audio_tokens(core, feats, batch["feature_attention_mask"])
         emb = emb.masked_scatter((ids == AUDIO_TOKEN_ID)[..., None], audio.to(emb.dtype))
     return emb
+
+
+@torch.no_grad()
+def video_tokens(core: nn.Module, pixels: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """The vision tower on ``pixels`` (sum t*h*w, 1176) of videos ``grid`` (n, 3): (sum t*h*w/4, d), videos in order."""
+    return torch.cat(core.model.get_video_features(pixels, grid, return_dict=True).pooler_output)
+
+
+@torch.no_grad()
+def audio_tokens(core: nn.Module, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The audio tower on log-mel ``features`` (n, n_mels, T) with ``mask`` (n, T): (sum tokens, d), clips in order."""
+    return core.model.get_audio_features(features, mask, return_dict=True).last_hidden_state
+
+
+def mel_bins(core: nn.Module) -> int:
+    """Mel bins the audio tower reads (128 for Qwen2.5-Omni)."""
+    return core.config.audio_config.num_mel_bins
 
 
 def embed_tokens(core: nn.Module, ids: torch.Tensor) -> torch.Tensor:

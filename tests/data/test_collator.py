@@ -192,3 +192,26 @@ def test_input_modality_dropout_is_seeded_per_sample_and_off_by_default():
     audio_only = {**metas[0], "modalities": {"video": False, "audio": True}}
     assert on.setting_for(audio_only) == "avt"
     assert SampleEncoder(None, None, DataConfig(), "vt", 0.5).setting_for(metas[0]) == "vt"
+
+
+def test_batch_carries_the_kept_waveforms_behind_the_features(encode, extractor):
+    """The model cuts the raw waveform at the keep point (model/past_inputs.py): the batch carries each audio
+    sample's kept samples, zero-padded, whose log-mel is exactly the features it also carries."""
+    samples = [encode(0, seconds=2.0), encode(1, seconds=1.0, audio=False), encode(2, seconds=1.3, video=False)]
+    batch = collate(samples)
+    assert batch["audio_waveform_lengths"].tolist() == [32000, 20800]
+    assert batch["audio_waveform"].shape == (2, 32000)
+    assert batch["audio_waveform"][1, 20800:].abs().sum() == 0
+    for j, s in enumerate(s for s in samples if s.waveform is not None):
+        n = int(batch["audio_waveform_lengths"][j])
+        feats = P.audio_features(batch["audio_waveform"][j, :n].numpy(), extractor)
+        assert torch.equal(torch.from_numpy(feats), batch["input_features"][j, :, :feats.shape[1]])
+
+
+def test_a_waveform_that_disagrees_with_its_features_is_refused(encode):
+    enc = encode(0, seconds=1.0)
+    short = dataclasses.replace(enc, waveform=enc.waveform[:-P.HOP_LENGTH])  # one mel frame fewer
+    with pytest.raises(PlaceholderCountError, match="mel frames"):
+        collate([short])
+    with pytest.raises(ValueError, match="some audio samples"):
+        collate([enc, dataclasses.replace(encode(1, seconds=1.0), waveform=None)])

@@ -175,3 +175,21 @@ def test_budget_properties(n_text, n_frames, seconds, max_seq_len, min_frames):
     if not plan.over_budget and plan.reduced:
         # nothing was dropped that would have fitted: one more frame pair would overflow (or audio was cut)
         assert plan.audio_samples < audio or plan.total(n_text) + 64 > max_seq_len
+
+
+@given(st.floats(0.0, 1.0), st.integers(P.MIN_AUDIO_SAMPLES, 480_000))
+@example(0.7, 321)
+@example(0.5, 9600)
+def test_audio_keep_point_keeps_at_least_one_token_and_counts_like_the_collator(kappa, n):
+    """The audio cut in samples (model/past_inputs.py): floor(kappa n), within [one token's samples, n]; its
+    token count is the collator's for a clip of that many samples and never exceeds the whole clip's."""
+    cut = P.audio_keep_samples(kappa, n)
+    assert P.MIN_AUDIO_SAMPLES <= cut <= n
+    if P.MIN_AUDIO_SAMPLES <= int(np.floor(kappa * n)):
+        assert cut == int(np.floor(kappa * n))
+    assert 1 <= P.audio_token_count(cut) <= P.audio_token_count(n)
+    assert P.audio_token_count(cut) == P.audio_output_length(P.audio_feature_length(cut))
+
+
+def test_min_audio_samples_is_the_shortest_waveform_with_a_token():
+    assert P.audio_token_count(P.MIN_AUDIO_SAMPLES) == 1 and P.audio_token_count(P.MIN_AUDIO_SAMPLES - 1) == 0

@@ -1,5 +1,6 @@
 """Hand-built batches in the collator's contract (data/batch.py) for the tiny backbone: chat-rendered prompts,
-random pixels and mel features, collated by the data pipeline's own ``collate``."""
+random pixels and random waveforms with their Whisper log-mel (``processing.audio_features``, as the collator
+makes it), collated by the data pipeline's own ``collate``."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,6 +8,7 @@ import torch
 
 from affectverse_ds.chat import build_messages, render
 from affectverse_ds.data.batch import AUDIO_TOKEN_ID, IGNORE_INDEX, VIDEO_TOKEN_ID
+from affectverse_ds.data import processing
 from affectverse_ds.data.collator import EncodedSample, collate
 
 PATCH_DIM = 3 * 2 * 14 * 14  # Qwen2-VL patch layout
@@ -38,7 +40,10 @@ class BatchMaker:
     """make([dict(video=2 | 0, audio=frames | 0, subtitle=..., answer=...), ...], pad="right"|"left")."""
 
     def __init__(self, tokenizer):
+        from transformers import WhisperFeatureExtractor
+
         self.tok = tokenizer
+        self.extractor = WhisperFeatureExtractor(feature_size=128)  # Qwen2.5-Omni's (and the tiny backbone's)
 
     def sample(self, video: int = 2, audio: int = 60, subtitle: str = "I can't believe it", answer: str = "happy",
                seed: int = 0) -> dict:
@@ -57,9 +62,15 @@ class BatchMaker:
         if video:
             s["pixels"] = torch.randn(grid_t * 16, PATCH_DIM, generator=g)
             s["grid"] = [grid_t, 4, 4]
-        if audio:
-            s["features"] = torch.randn(128, audio, generator=g)
+        if audio:  # `audio` mel frames: a waveform of audio * HOP samples (noise with a rising loudness)
+            n = audio * processing.HOP_LENGTH
+            s["wave"] = torch.randn(n, generator=g) * torch.linspace(0.05, 0.5, n)
+            s["features"] = self.features(s["wave"])
         return s
+
+    def features(self, wave: torch.Tensor) -> torch.Tensor:
+        """The collator's log-mel of a waveform (128, mel frames)."""
+        return torch.from_numpy(processing.audio_features(wave.numpy(), self.extractor))
 
     def collate(self, samples: list[dict], pad: str = "right") -> dict:
         """The data pipeline's own collate (``data.collator.collate``: right padding, placeholder counts
@@ -68,7 +79,8 @@ class BatchMaker:
             input_ids=np.array(s["ids"], dtype=np.int64), labels=np.array(s["labels"], dtype=np.int64),
             answer_start=s["answer_start"], pixel_values=s["pixels"].numpy() if "grid" in s else None,
             grid_thw=tuple(s["grid"]) if "grid" in s else None, second_per_grid=2 / 3.0 if "grid" in s else None,
-            audio_features=s["features"].numpy() if "features" in s else None, meta={}) for s in samples])
+            audio_features=s["features"].numpy() if "features" in s else None, meta={},
+            waveform=s["wave"].numpy() if "wave" in s else None) for s in samples])
         return _left_pad(batch) if pad == "left" else batch
 
     def make(self, specs: list[dict], pad: str = "right") -> dict:
