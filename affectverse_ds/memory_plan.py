@@ -70,6 +70,26 @@ def activation_bytes(coeffs: dict, layers: int, micro: int, tokens: int, checkpo
     return float(micro * tokens * per_token)
 
 
+def saved_activation_bytes(model, batch, generator) -> int:
+    """Bytes autograd keeps for backward in one training forward (unique storages, parameters excluded): the
+    measurement behind the coefficients (bench/activation_coeffs.py) and the step benchmark's memory column."""
+    import torch
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(batch, generator=generator)
+    del out
+    return sum(seen.values())
+
+
 def memory_plan(counts: ParamCounts, coeffs: dict, world: int, micro: int, tokens: int, checkpointing: bool,
                 zero: int, reserve_gb: float | None = None, optimizer: bool = True) -> MemoryPlan:
     """DeepSpeed bf16 + ZeRO ``zero`` (2 or 3); ``optimizer=False``: a bare forward/backward (no Adam state).

@@ -31,9 +31,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from step_overhead import saved_activation_bytes, synthetic_batch  # noqa: E402
+from step_overhead import synthetic_batch  # noqa: E402
 
 from affectverse_ds.config import load_config  # noqa: E402
+from affectverse_ds.memory_plan import saved_activation_bytes  # noqa: E402
 from affectverse_ds.model.affect_model import assemble_model  # noqa: E402
 from affectverse_ds.model.backbone import Thinker, freeze  # noqa: E402
 from affectverse_ds.tools.make_shaped_backbone import shaped_thinker_config  # noqa: E402

@@ -26,19 +26,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
 import json, resource, sys
-sys.path.insert(0, {repo!r}); sys.path.insert(0, {adv!r})
-import corpus
+sys.path.insert(0, {repo!r})
+from affectverse_ds.tools.hostile_media import long_audio_clip, long_flac
 what, arg, tmp = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 if what == "builder":
     from affectverse_ds.data import media
-    clip = corpus.long_audio_clip(tmp + "/clip.mp4", audio_seconds=arg)
+    clip = long_audio_clip(tmp + "/clip.mp4", audio_seconds=arg)
     call = lambda: media.decode_clip(clip)
 else:
     from affectverse_ds.data.loader import decode_sample
     from affectverse_ds.data.collator import SampleError
-    record = corpus.data_helpers().sample_record("meld", "train", 0, seconds=1.0)
+    from affectverse_ds.tools.fixture_shards import sample_record
+    record = sample_record("meld", "train", 0, seconds=1.0)
     if arg > 1:
-        record["flac"] = corpus.long_flac(arg)
+        record["flac"] = long_flac(arg)
     def call():
         try:
             decode_sample(record)
@@ -53,7 +54,7 @@ print(json.dumps({{"before_mb": before / 1024, "after_mb": after / 1024, "note":
 
 def measure(what: str, seconds: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        code = CHILD.format(repo=str(REPO), adv=str(REPO / "tests" / "adversarial"))
+        code = CHILD.format(repo=str(REPO))
         proc = subprocess.run([sys.executable, "-c", code, what, str(seconds), tmp], capture_output=True,
                               text=True, check=True, cwd=REPO)
     row = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -38,6 +38,7 @@ from affectverse_ds.data.batch import (  # noqa: E402
     VISION_BOS_ID, VISION_EOS_ID,
 )
 from affectverse_ds.data.collator import EncodedSample, collate  # noqa: E402
+from affectverse_ds.memory_plan import saved_activation_bytes  # noqa: E402
 from affectverse_ds.model import affect_model as am  # noqa: E402
 from affectverse_ds.model import injection as inj  # noqa: E402
 from affectverse_ds.model.backbone import Thinker, freeze, load_thinker, read_thinker_config  # noqa: E402
@@ -133,23 +134,6 @@ def decoder_columns(model, batches: list[dict]) -> dict[str, float]:
     finally:
         del model._decoder  # the instance attribute; the class's method shows again
     return {k: round(v / len(batches), 1) for k, v in cols.items()}
-
-
-def saved_activation_bytes(model, batch, generator) -> int:
-    """Bytes autograd keeps for backward in one training forward (unique storages, parameters excluded)."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(batch, generator=generator)
-    del out
-    return sum(seen.values())
 
 
 def one_step(model, batch, generator, device) -> tuple[float, int]:

@@ -1,11 +1,12 @@
 """The adversarial corpus: hostile inputs the project generates itself (issue #18).
 
-Shard samples (:data:`SAMPLE_KINDS`): each kind turns one good fixture sample (the loader tests' own
-``sample_record``) into bytes a shard member can hold but the contract forbids. :func:`write_corpus_shards`
-interleaves them with good samples in real tar shards, with a ``sizes.json`` that counts every sample,
+Shard samples (:data:`SAMPLE_KINDS`): each kind turns one good fixture sample (``fixture_shards.sample_record``,
+the tests' own) into bytes a shard member can hold but the contract forbids. :func:`write_corpus_shards` interleaves
+them with good samples in real tar shards, with a ``sizes.json`` that counts every sample,
 and records which key is which (``corpus.json``).
 
-Raw media for the builder (:func:`long_audio_clip`): a short video whose audio track runs for hours.
+Raw media for the builder: ``affectverse_ds.tools.hostile_media.long_audio_clip``, a short video whose audio track
+runs for hours (in the package because bench/hostile_memory.py measures it too).
 
 Everything is made from code with fixed seeds, so a run is reproducible and nothing is downloaded.
 """
@@ -15,7 +16,6 @@ import io
 import json
 import pickle
 import struct
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,18 +26,10 @@ import webdataset as wds
 from PIL import Image
 
 from affectverse_ds.data import schema
+from affectverse_ds.tools.fixture_shards import sample_record
+from affectverse_ds.tools.hostile_media import long_flac
 
-REPO = Path(__file__).resolve().parents[2]
 CORPUS_FILE = "corpus.json"
-
-
-def data_helpers():
-    """Good fixture samples (:mod:`tests.support.shards`)."""
-    if str(REPO) not in sys.path:  # also imported by bench/hostile_memory.py's child process
-        sys.path.insert(0, str(REPO))
-    from tests.support import shards
-
-    return shards
 
 
 # ----------------------------------------------------------------------------- hostile member bytes
@@ -77,19 +69,6 @@ def _image(mode: str, size: tuple[int, int], fmt: str) -> bytes:
 def _flac(pcm: np.ndarray, rate: int = schema.SAMPLE_RATE) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, pcm, rate, format="FLAC", subtype="PCM_16")
-    return buf.getvalue()
-
-
-def long_flac(seconds: float, rate: int = schema.SAMPLE_RATE) -> bytes:
-    """A small FLAC holding ``seconds`` of near silence (written in blocks: the corpus itself stays small)."""
-    buf = io.BytesIO()
-    block = np.zeros(1 << 20, np.int16)
-    block[::997] = 1  # not pure digital silence
-    left = int(seconds * rate)
-    with sf.SoundFile(buf, "w", rate, 1, format="FLAC", subtype="PCM_16") as f:
-        while left > 0:
-            f.write(block[:min(left, len(block))])
-            left -= len(block)
     return buf.getvalue()
 
 
@@ -205,13 +184,12 @@ def write_corpus_shards(out: str | Path, *, benchmark: str = "meld", split: str 
         kinds: hostile kinds (default: all of :data:`SAMPLE_KINDS`), one sample each.
         frame_size: frame side of the good samples (56 keeps the test fast; the contract allows <= 224).
     """
-    helpers = data_helpers()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     kinds = list(SAMPLE_KINDS) if kinds is None else kinds
     records, good, bad = [], {}, {}
     for i in range(n_good + len(kinds)):
-        record = helpers.sample_record(benchmark, split, i, seconds=1.0, frame_size=frame_size)
+        record = sample_record(benchmark, split, i, seconds=1.0, frame_size=frame_size)
         slot = i - n_good
         if 0 <= slot:
             kind = kinds[slot]
@@ -233,36 +211,6 @@ def write_corpus_shards(out: str | Path, *, benchmark: str = "meld", split: str 
     (out / schema.SIZES_FILE).write_text(json.dumps(sizes, indent=1))
     (out / CORPUS_FILE).write_text(json.dumps({"good": good, "bad": bad}, indent=1))
     return Corpus(out, good, bad, shards)
-
-
-# ----------------------------------------------------------------------------- raw media for the builder
-
-
-def long_audio_clip(path: str | Path, *, video_seconds: float = 2.0, audio_seconds: float = 4 * 3600,
-                    rate: int = 16000, fps: int = 10) -> Path:
-    """An MP4 file: ``video_seconds`` of 64x48 MPEG-4 video and ``audio_seconds`` of near-silent FLAC audio.
-
-    Hours of audio take a few MB and seconds to write (FLAC of near silence).
-    """
-    import av
-
-    from affectverse_ds.benchmarks.clip_writer import AudioStream, VideoStream, mux_clip
-
-    chunk = 4096
-    block = np.zeros((1, chunk), np.int16)
-    block[0, ::97] = 1
-    total = int(audio_seconds * rate)
-
-    def sound():
-        for start in range(0, total, chunk):
-            frame = av.AudioFrame.from_ndarray(block[:, :min(chunk, total - start)], format="s16", layout="mono")
-            frame.sample_rate, frame.pts = rate, start
-            yield frame
-
-    frames = (av.VideoFrame.from_ndarray(np.full((48, 64, 3), (i * 20) % 255, np.uint8), format="rgb24")
-              for i in range(int(video_seconds * fps)))
-    return mux_clip(Path(path), VideoStream("mpeg4", fps, (64, 48)), frames, AudioStream("flac", rate), sound(),
-                    container_format="mp4")
 
 
 # ----------------------------------------------------------------------------- hostile YAML (issue #26)

@@ -6,7 +6,6 @@ from this file (``python -m pytest tests/adversarial -m "slow or not slow" -q``)
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -25,9 +24,12 @@ from affectverse_ds.data import schema
 from affectverse_ds.data.collator import SampleError
 from affectverse_ds.data.loader import LoaderError, build_eval_loader, build_train_loader, decode_sample, read_sizes
 from affectverse_ds.distributed import free_port
+from affectverse_ds.tools.fixture_shards import sample_record
+from affectverse_ds.tools.hostile_media import long_audio_clip
 
 sys.path.insert(0, str(Path(__file__).parent))
 import corpus  # noqa: E402
+from tests.support.evaluation import make_checkpoint, tiny_eval_config  # noqa: E402
 from tests.support.wheels import write_tiny_wheels  # noqa: E402
 from tests.support.launch import launch_module  # noqa: E402
 
@@ -89,8 +91,7 @@ def test_every_kind_is_one_skip_reason(kind, make_good, encoders):
 
 @pytest.fixture
 def make_good():
-    helpers = corpus.data_helpers()
-    return lambda: helpers.sample_record("meld", "train", 0, seconds=1.0, frame_size=56)
+    return lambda: sample_record("meld", "train", 0, seconds=1.0, frame_size=56)
 
 
 def test_good_samples_pass_the_shared_check(make_good):
@@ -227,13 +228,6 @@ def test_verify_shards_survives_a_garbage_tar_and_bad_sizes(tmp_path):
 # ----------------------------------------------------------------------------- the builder (classes 7, 8, 9)
 
 
-def _module(path: Path):
-    spec = importlib.util.spec_from_file_location(f"_adv_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def hostile_tree(tmp_path_factory):
     """MELD official layout with every media/label kind the fixture maker plants, plus a 2 s clip whose audio
@@ -246,7 +240,7 @@ def hostile_tree(tmp_path_factory):
     record = json.loads((root / "fixture.json").read_text())
     clean = [it["name"] for it in record["items"] if it["inject"] is None]
     target = next(root.rglob(f"{clean[-1].split('_', 1)[1]}.mp4"))  # test_dia7_utt0 -> dia7_utt0.mp4
-    corpus.long_audio_clip(target, audio_seconds=600)
+    long_audio_clip(target, audio_seconds=600)
     return root, record, clean[-1]
 
 
@@ -275,7 +269,7 @@ def test_long_audio_track_is_not_decoded_past_the_clip(tmp_path, monkeypatch):
     (not 10 min), so memory per item is bounded whatever the track length."""
     from affectverse_ds.data import media
 
-    clip = corpus.long_audio_clip(tmp_path / "a.mp4", audio_seconds=600)
+    clip = long_audio_clip(tmp_path / "a.mp4", audio_seconds=600)
     pushed = []
     original = media._AudioTrack.push
     monkeypatch.setattr(media._AudioTrack, "push", lambda self, frame: (pushed.append(frame.samples),
@@ -365,13 +359,12 @@ def test_killing_the_builder_parent_ends_its_workers(tmp_path):
 # shard contract's validate_meta on each sample, as the loader does.
 def test_evaluate_cli_on_a_hostile_test_split(tmp_path, tiny_backbone_dir, capsys):
     kinds = sorted(corpus.SAMPLE_KINDS)
-    evaluate_tests = _module(REPO / "tests" / "eval" / "test_evaluate.py")
     shards = tmp_path / "shards"
     c = corpus.write_corpus_shards(shards, split="test", n_good=4, kinds=kinds)
     reference = tmp_path / "reference"
     write_tiny_wheels(reference / "emotion_wheel")
-    cfg = evaluate_tests.tiny_eval_config(tiny_backbone_dir, shards, reference)
-    ckpt = evaluate_tests.make_checkpoint(cfg, tmp_path / "ckpt" / "step_000001", 1)
+    cfg = tiny_eval_config(tiny_backbone_dir, shards, reference)
+    ckpt = make_checkpoint(cfg, tmp_path / "ckpt" / "step_000001", 1)
     config = dump_config(cfg, tmp_path / "eval.yaml")
     launch = launch_module("evaluate")
     rc = launch.main(["--config", str(config), "--benchmarks", "meld", "--modality", "avt", "--keep-ratio", "1.0",

@@ -95,14 +95,13 @@ def test_hostile_checkpoint_config_is_one_line_naming_it(kind, tmp_path, monkeyp
 
 def test_evaluator_refuses_a_checkpoint_whose_config_is_a_bomb(tmp_path, tiny_backbone_dir, capsys):
     """The attack as a user meets it: ``launch/evaluate.py`` pointed at a shared checkpoint."""
-    from test_corpus import _module
+    from tests.support.evaluation import make_checkpoint, tiny_eval_config
 
-    evaluate_tests = _module(REPO / "tests" / "eval" / "test_evaluate.py")
     shards = tmp_path / "shards"
     corpus.write_corpus_shards(shards, split="test", n_good=2, kinds=[])
     write_tiny_wheels(tmp_path / "reference" / "emotion_wheel")
-    cfg = evaluate_tests.tiny_eval_config(tiny_backbone_dir, shards, tmp_path / "reference")
-    ckpt = evaluate_tests.make_checkpoint(cfg, tmp_path / "ckpt" / "step_000001", 1)
+    cfg = tiny_eval_config(tiny_backbone_dir, shards, tmp_path / "reference")
+    ckpt = make_checkpoint(cfg, tmp_path / "ckpt" / "step_000001", 1)
     (ckpt / "export" / "config.yaml").write_bytes(corpus.CONFIG_KINDS["alias_bomb"][1])
     launch = launch_module("evaluate")
     capsys.readouterr()  # the checkpoint maker's own progress bars

@@ -17,7 +17,7 @@ from affectverse_ds.data.loader import LoaderError, list_shards, train_plan
 
 sys.path.insert(0, str(Path(__file__).parent))
 import corpus  # noqa: E402
-from test_corpus import _module  # noqa: E402
+from tests.support.evaluation import make_checkpoint, tiny_eval_config  # noqa: E402
 from tests.support.wheels import write_tiny_wheels  # noqa: E402
 from tests.support.launch import launch_module  # noqa: E402
 
@@ -55,10 +55,9 @@ def test_a_deleted_listed_shard_is_refused_at_start_naming_it(tmp_path):
 def eval_setup(tmp_path, tiny_backbone_dir):
     """Test shards, tiny wheels, a config file and a checkpoint export holding only its config (enough for
     everything the evaluator checks before it builds a model)."""
-    evaluate_tests = _module(REPO / "tests" / "eval" / "test_evaluate.py")
     c = corpus.write_corpus_shards(tmp_path / "shards", split="test", n_good=4, kinds=[], n_shards=2)
     write_tiny_wheels(tmp_path / "reference" / "emotion_wheel")
-    cfg = evaluate_tests.tiny_eval_config(tiny_backbone_dir, c.folder, tmp_path / "reference")
+    cfg = tiny_eval_config(tiny_backbone_dir, c.folder, tmp_path / "reference")
     export = tmp_path / "ckpt" / "step_000001" / "export"
     export.mkdir(parents=True)
     dump_config(cfg, export / "config.yaml")
@@ -100,11 +99,10 @@ def test_max_batches_that_evaluates_nothing_is_refused_at_parse_time(value, eval
 
 
 def test_samples_left_out_by_max_batches_are_not_reported_as_unreadable(tmp_path, tiny_backbone_dir, capsys):
-    evaluate_tests = _module(REPO / "tests" / "eval" / "test_evaluate.py")
     c = corpus.write_corpus_shards(tmp_path / "shards", split="test", n_good=4, kinds=[], n_shards=1)
     write_tiny_wheels(tmp_path / "reference" / "emotion_wheel")
-    cfg = evaluate_tests.tiny_eval_config(tiny_backbone_dir, c.folder, tmp_path / "reference")  # batches of 2
-    ckpt = evaluate_tests.make_checkpoint(cfg, tmp_path / "ckpt" / "step_000001", 1)
+    cfg = tiny_eval_config(tiny_backbone_dir, c.folder, tmp_path / "reference")  # batches of 2
+    ckpt = make_checkpoint(cfg, tmp_path / "ckpt" / "step_000001", 1)
     capsys.readouterr()
     assert _evaluate(dump_config(cfg, tmp_path / "eval.yaml"), ckpt / "export", tmp_path / "results",
                      "--max-batches", "1") == 0
@@ -126,11 +124,10 @@ def test_a_checkpoint_path_holding_an_equals_sign_is_a_checkpoint(tmp_path):
 def test_an_interrupted_save_is_evaluated_with_a_warning_and_recorded(tmp_path, tiny_backbone_dir, capsys):
     from affectverse_ds.model.export import resolve_checkpoint
 
-    evaluate_tests = _module(REPO / "tests" / "eval" / "test_evaluate.py")
     c = corpus.write_corpus_shards(tmp_path / "shards", split="test", n_good=2, kinds=[], n_shards=1)
     write_tiny_wheels(tmp_path / "reference" / "emotion_wheel")
-    cfg = evaluate_tests.tiny_eval_config(tiny_backbone_dir, c.folder, tmp_path / "reference")
-    ckpt = evaluate_tests.make_checkpoint(cfg, tmp_path / "ckpt" / "step_000001", 1)  # no COMPLETE: interrupted
+    cfg = tiny_eval_config(tiny_backbone_dir, c.folder, tmp_path / "reference")
+    ckpt = make_checkpoint(cfg, tmp_path / "ckpt" / "step_000001", 1)  # no COMPLETE: interrupted
     why = f"{ckpt}: no COMPLETE marker (an interrupted save?)"
     assert resolve_checkpoint(ckpt).unverified.startswith(why)
     (tmp_path / "done" / "step_000001").mkdir(parents=True)

@@ -1,4 +1,5 @@
-"""Fixtures of the data tests: the shard and clip writers of :mod:`tests.support` as fixtures.
+"""Fixtures of the data tests: the shard writers (:mod:`affectverse_ds.tools.fixture_shards`) and clip writers
+(:mod:`tests.support.clips`) as fixtures.
 
 ``make_clip`` / ``make_wav``: tiny clips encoded with PyAV for test_media.py and test_shards.py (the shard
 writer's tests); ``write_shards`` / ``make_record``: valid test shards and samples in the shard contract.
@@ -7,10 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from affectverse_ds.tools.fixture_shards import sample_record, write_test_shards
 from tests.support.clips import write_clip, write_wav
-from tests.support.shards import (  # noqa: F401 (tests import these names from here too)
-    fixture_audio, fixture_frame, sample_record, write_test_shards,
-)
 
 
 @pytest.fixture

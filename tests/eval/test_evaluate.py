@@ -22,38 +22,12 @@ from affectverse_ds.data.batch import IM_END_ID
 from affectverse_ds.eval import evaluate as ev
 from affectverse_ds.eval import inference
 from affectverse_ds.distributed import DistInfo, free_port
+from affectverse_ds.tools.fixture_shards import write_test_shards
+from tests.support.evaluation import make_checkpoint, tiny_eval_config
 from tests.support.launch import launch_module
 
 REPO = Path(__file__).resolve().parents[2]
 CORRUPT = 1  # meld sample whose first JPEG is truncated: unreadable with video, fine without
-
-
-def _data_helpers():
-    """The shard-writing helpers of the loader tests (:mod:`tests.support.shards`)."""
-    from tests.support import shards
-
-    return shards
-
-
-def tiny_eval_config(backbone: Path, shard_dir: Path, reference: Path, *extra: str):
-    return load_config(REPO / "launch" / "configs" / "tiny.yaml", [
-        f"backbone.path={backbone}", f"data.shard_dir={shard_dir}", f"eval.reference_data={reference}",
-        "data.num_workers=0", "eval.batch_size=2", "eval.max_new_tokens=4", *extra])
-
-
-def make_checkpoint(cfg, folder: Path, seed: int) -> Path:
-    """A checkpoint as training writes it (``step_NNNNNN/export/``), without DeepSpeed: the tiny model with
-    its trainable weights moved away from their init, exported by ``model.export.export_trainable``."""
-    from affectverse_ds.model.affect_model import build_model
-    from affectverse_ds.model.export import export_trainable
-
-    torch.manual_seed(seed)
-    model = build_model(cfg, "cpu")
-    with torch.no_grad():
-        for _, p in model.trainable_parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    export_trainable(model, cfg, folder / "export")
-    return folder
 
 
 def write_rejected_manifest(shard_dir: Path, bench: str, split: str, name: str, label: dict) -> None:
@@ -69,14 +43,13 @@ def write_rejected_manifest(shard_dir: Path, bench: str, split: str, name: str, 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_backbone_dir, tiny_wheel_dir):
     root = tmp_path_factory.mktemp("evaluate")
-    helpers = _data_helpers()
     shards = root / "shards"
-    helpers.write_test_shards(shards, 3, benchmark="meld", split=get_benchmark("meld").test_split, seconds=1.0,
-                              frame_size=56, corrupt_jpeg=[CORRUPT])
-    helpers.write_test_shards(shards, 2, benchmark="cmumosi", split=get_benchmark("cmumosi").test_split,
-                              seconds=1.0, frame_size=56)
-    helpers.write_test_shards(shards, 1, benchmark="ovmerd", split=get_benchmark("ovmerd").test_split,
-                              seconds=1.0, frame_size=56)
+    write_test_shards(shards, 3, benchmark="meld", split=get_benchmark("meld").test_split, seconds=1.0,
+                      frame_size=56, corrupt_jpeg=[CORRUPT])
+    write_test_shards(shards, 2, benchmark="cmumosi", split=get_benchmark("cmumosi").test_split,
+                      seconds=1.0, frame_size=56)
+    write_test_shards(shards, 1, benchmark="ovmerd", split=get_benchmark("ovmerd").test_split,
+                      seconds=1.0, frame_size=56)
     write_rejected_manifest(shards, "meld", get_benchmark("meld").test_split, "meld_rejected_9",
                             {"emo": "joy", "val": None, "openset": None})
     reference = root / "reference"
@@ -85,7 +58,7 @@ def setup(tmp_path_factory, tiny_backbone_dir, tiny_wheel_dir):
     cfg = tiny_eval_config(tiny_backbone_dir, shards, reference)
     ckpts = [make_checkpoint(cfg, root / "ckpt" / "step_000010", 1),
              make_checkpoint(cfg, root / "ckpt" / "step_000020", 2)]
-    return SimpleNamespace(root=root, cfg=cfg, ckpts=ckpts, shards=shards)
+    return SimpleNamespace(root=root, cfg=cfg, ckpts=ckpts, shards=shards, reference=reference)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -398,7 +371,7 @@ def test_work_split_over_two_ranks_gathers_the_single_rank_result(setup, runs):
 def test_random_belief_ablation_is_reproducible(setup, tmp_path):
     """``ewm.belief=random`` draws its beliefs from a seeded, forked generator: two evaluations agree exactly
     and the caller's RNG stream is not consumed."""
-    cfg = tiny_eval_config(setup.cfg.backbone.path, setup.shards, setup.cfg.eval.reference_data, "ewm.belief=random")
+    cfg = tiny_eval_config(setup.cfg.backbone.path, setup.shards, setup.reference, "ewm.belief=random")
     ckpt = make_checkpoint(cfg, tmp_path / "step_000030", seed=5)
     plan = ev.EvalPlan([str(ckpt)], benchmarks=["cmumosi"], modalities=["avt"], keep_ratios=[1.0, 0.5],
                        mode="rank", probe=False, write=False)
@@ -451,7 +424,7 @@ def test_shards_from_the_real_builder_with_rejected_and_audio_less_clips(setup, 
     shards = tmp_path / "shards"
     report = build_shards("cmumosi", "unibench", raw, bench.test_split, shards, progress=False)
     assert report.rejected == 2
-    cfg = tiny_eval_config(setup.cfg.backbone.path, shards, setup.cfg.eval.reference_data)
+    cfg = tiny_eval_config(setup.cfg.backbone.path, shards, setup.reference)
     plan = ev.EvalPlan([str(setup.ckpts[0])], benchmarks=["cmumosi"], modalities=["avt"], keep_ratios=[1.0],
                        mode="rank", out_dir=str(tmp_path / "results"), probe=False)
     outcome = ev.evaluate(cfg, plan, device="cpu")

@@ -54,11 +54,7 @@ def test_checkpointed_gradients_equal_plain_ones(tiny_cfg, batch_maker, caplog):
 
 def test_checkpointing_saves_activations(tiny_cfg, batch_maker):
     """What checkpointing is for: fewer bytes kept for backward in the decoder."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-    from step_overhead import saved_activation_bytes
+    from affectverse_ds.memory_plan import saved_activation_bytes
 
     batch = batch_maker.make([dict(video=6, audio=60), dict(video=4, audio=60)])
     saved = {}

@@ -120,7 +120,7 @@ def variant(request, bf16_speed, backbone, tmp_path_factory):
         pytest.skip(f"bf16 at 7B widths: {why}")
     dtype, precision, torch_dtype = VARIANTS[name]
     root = tmp_path_factory.mktemp(f"shaped7b_{name}")
-    from tests.support import shards as data
+    from affectverse_ds.tools import fixture_shards as data
 
     shards = root / "shards"
     data.write_test_shards(shards, 2, benchmark="meld", split="train", seconds=SECONDS, frame_size=224)
@@ -133,7 +133,7 @@ def variant(request, bf16_speed, backbone, tmp_path_factory):
     overrides = [
         f"backbone.path={backbone}", f"backbone.dtype={dtype}", "backbone.attn_implementation=sdpa",
         f"data.shard_dir={shards}", "data.train_benchmarks={meld: 1.0}", "data.eval_benchmarks=[meld]",
-        "data.num_workers=0", f"eval.reference_data={reference}",
+        "data.num_workers=0", f"eval.wheel_dir={reference / 'emotion_wheel'}",
         "train.micro_batch=2", "train.grad_accum=1", "train.global_batch=null", "train.max_steps=1",
         "train.save_every=1", "train.log_every=1", f"train.precision={precision}",
         "train.warmup_ratio=0.0",  # one step: with warm-up its learning rate would be 0 and nothing would move

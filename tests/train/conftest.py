@@ -6,22 +6,16 @@ from pathlib import Path
 
 import pytest
 
+from affectverse_ds.tools.fixture_shards import write_test_shards
 from tests.support.launch import LAUNCHER_VARS  # noqa: F401 (training tests import it from here too)
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def data_helpers():
-    """The shard-writing helpers of the loader tests (:mod:`tests.support.shards`)."""
-    from tests.support import shards
-
-    return shards
-
-
 @pytest.fixture(scope="session")
 def two_benchmark_shards(tmp_path_factory) -> Path:
     """meld (4 + 3 samples) and cmumosi (3 samples): with weights {meld: 1, cmumosi: 2}, 13 samples per epoch."""
-    write = data_helpers().write_test_shards
+    write = write_test_shards
     out = tmp_path_factory.mktemp("loop_shards")
     write(out, [4, 3], seconds=1.0, frame_size=56)
     write(out, [3], benchmark="cmumosi", seconds=1.0, frame_size=56)

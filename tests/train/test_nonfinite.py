@@ -3,30 +3,18 @@ a NaN step is skipped (weights untouched, the LR keeps its place) and counted; N
 weights that are not finite never reach a COMPLETE checkpoint."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.support import training as loop_tests
 from tests.support.launch import launch_module
 
 REPO = Path(__file__).resolve().parents[2]
 DS = REPO / "ds_configs" / "zero2.json"
-
-
-def _loop_tests():
-    spec = importlib.util.spec_from_file_location("_loop_tests", Path(__file__).with_name("test_loop.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up
-    spec.loader.exec_module(module)
-    return module
-
-
-loop_tests = _loop_tests()
 
 
 def _trainer(backbone, shards, out, *extra):

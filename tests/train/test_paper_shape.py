@@ -32,7 +32,7 @@ def _env() -> dict[str, str]:
 
 
 def _write_shards():
-    from tests.support.shards import write_test_shards
+    from affectverse_ds.tools.fixture_shards import write_test_shards
 
     return write_test_shards
 

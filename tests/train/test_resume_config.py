@@ -2,15 +2,14 @@
 named one applies from the resumed step and is recorded, a shape change is refused before DeepSpeed loads."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from affectverse_ds.config import load_config, to_dict
 from affectverse_ds.train import config_change as cc
+from tests.support import training as loop_tests
 
 REPO = Path(__file__).resolve().parents[2]
 DS = REPO / "ds_configs" / "zero2.json"
@@ -66,10 +65,6 @@ def test_batch_keys_apply_only_at_an_epoch_boundary():
 @pytest.fixture(scope="module")
 def stopped(single_process, tiny_backbone_dir, two_benchmark_shards, tmp_path_factory):
     """A run stopped at step 2 of 6 (mid-epoch) and the uninterrupted reference, both at lr 1e-3."""
-    spec = importlib.util.spec_from_file_location("_loop_tests_rc", Path(__file__).with_name("test_loop.py"))
-    loop_tests = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = loop_tests
-    spec.loader.exec_module(loop_tests)
     root = tmp_path_factory.mktemp("resume_config")
 
     def cfg(out, *extra):

@@ -1,8 +1,10 @@
-"""Test shards written with webdataset's TarWriter, following ``affectverse_ds/data/schema.py`` exactly.
+"""Fixture shards written with webdataset's TarWriter, following ``affectverse_ds/data/schema.py`` exactly.
 
 :func:`write_test_shards` makes valid samples (real JPEG frames, FLAC audio, ``messages``/``text`` from
 :mod:`affectverse_ds.chat`, the benchmark's target as the answer) and keeps ``sizes.json`` up to date, so loader,
-collator and training tests can run before (and independently of) the real shard builder.
+collator and training tests can run before (and independently of) the real shard builder; :func:`sample_record`
+is one such sample, unwritten. In the package, not in ``tests/``, because ``bench/`` uses it too (benchmarks
+do not import tests).
 """
 from __future__ import annotations
 
@@ -128,7 +130,7 @@ def sample_record(benchmark: str, split: str, i: int, seconds: float = 2.0, vide
         "modalities": {"video": video, "audio": audio, "text": bool(sub)},
         "subtitle": sub, "question": bench.question, "answer": answer,
         "messages": messages, "text": render(messages),
-        "source": "tests/data/conftest.py", "source_sha256": "0" * 64, "synthetic": bench.synthetic,
+        "source": "affectverse_ds/tools/fixture_shards.py", "source_sha256": "0" * 64, "synthetic": bench.synthetic,
     }
     problems = schema.validate_meta(meta)
     assert not problems, problems
