@@ -14,8 +14,9 @@ from pathlib import Path
 
 from affectverse_ds.benchmarks.base import Label, LabelError, LayoutNotFound, RawItem, SplitAbsent, checked_score
 from affectverse_ds.benchmarks.layouts import (
-    VIDEO_EXTS, Scanner, finish, index_media, mark_duplicates, missing_media, plain_name, read_csv_rows, reject,
+    VIDEO_EXTS, Scanner, finish, index_media, mark_duplicates, missing_media, plain_name, reject,
 )
+from affectverse_ds.benchmarks.text_files import read_csv_rows, row_problem
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ def _row_item(row: dict[str, str], split: str) -> RawItem:
     name = f"{video_id}_{clip_id}"
     item = RawItem(name=name, split=split, label=None, subtitle=(row.get("text") or "").strip())
     try:
+        if problem := row_problem(row):
+            raise LabelError(f"label row unreadable: {problem}")
         item.label = Label(val=checked_score(row.get("label"), name))
     except LabelError as err:
         item.reject = str(err)

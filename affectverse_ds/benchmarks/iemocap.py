@@ -7,9 +7,10 @@ from affectverse_ds.benchmarks.base import (
     DISCRETE_QUESTION, Benchmark, Label, LayoutNotFound, RawItem, SplitAbsent, class_from_index, emotion_target, npz_labels,
 )
 from affectverse_ds.benchmarks.layouts import (
-    ProcessedLayout, entry_value, finish, index_media, mark_duplicates, missing_media, read_text, register_processed,
+    ProcessedLayout, entry_value, finish, index_media, mark_duplicates, missing_media, register_processed,
     reject, shown,
 )
+from affectverse_ds.benchmarks.text_files import read_text
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,6 @@ writes does not depend on the order of entries inside a label file.
 """
 from __future__ import annotations
 
-import codecs
-import csv
-import io
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,13 +18,13 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from affectverse_ds.benchmarks.base import Benchmark, LabelError, LabelTable, RawItem, register
+from affectverse_ds.benchmarks.text_files import REPLACEMENT_CHAR, ROW_PROBLEM, read_csv_rows, row_problem
 
 log = logging.getLogger(__name__)
 
 Scanner = Callable[[Path, str], list[RawItem]]
 
 VIDEO_EXTS = (".mp4", ".avi")
-REPLACEMENT_CHAR = "\ufffd"
 
 
 @dataclass(frozen=True)
@@ -55,81 +52,7 @@ class ProcessedLayout:
         return (self.text_column, *self.alt_text_columns)
 
 
-# ----------------------------------------------------------------------------- text files
-
-def _stray_cp1252(err: UnicodeDecodeError) -> tuple[str, int]:
-    """Decode error handler: an invalid byte 0x80-0x9F (a cp1252 quote or dash in an otherwise UTF-8
-    file, as in MELD's pre-2020 CSVs) becomes the C1 character of that value, which the subtitle rule
-    then maps and counts (``c1_control``); any other invalid byte becomes U+FFFD."""
-    bad = err.object[err.start:err.end]
-    return "".join(chr(b) if 0x80 <= b <= 0x9F else REPLACEMENT_CHAR for b in bad), err.end
-
-
-codecs.register_error("affectverse_stray_cp1252", _stray_cp1252)
-
-
-def decode_text(raw: bytes) -> str:
-    """Bytes of a text file -> str, never raising.
-
-    UTF-8 (with or without BOM) is what every benchmark ships; UTF-16 appears when a CSV
-    went through a spreadsheet. A stray cp1252 punctuation byte becomes its C1 character (see
-    :func:`_stray_cp1252`); other invalid bytes become U+FFFD, so one bad row costs that row's
-    characters, not the file.
-    """
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return raw.decode("utf-16", errors="replace")
-    return raw.decode("utf-8-sig", errors="affectverse_stray_cp1252")
-
-
-def read_text(path: Path) -> str:
-    return decode_text(Path(path).read_bytes())
-
-
-ROW_PROBLEM = "\x00problem"  # key of a row that could not be read whole (NULs never reach a header)
-_HEAD_CHARS = 4096  # of a line too long for the csv module, what is parsed to recover its leading fields
-
-
-def read_csv_rows(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts (header names stripped), tolerant of bad bytes.
-
-    A malformed row (an unterminated quote that would swallow the rest of the file, a stray
-    quote) gets a warning naming its line, and from that row on every physical line is read as
-    one row, so the rows after it are not merged into one field and lost. NUL bytes are dropped.
-    A line the csv module refuses even alone (a field over its 128 KB limit) keeps only the fields
-    before that one and carries the cause under :data:`ROW_PROBLEM` (file, line): its item is
-    rejected with that reason, the other rows are read.
-    """
-    text = read_text(path).replace("\x00", "")
-    rows: list[dict[str, str]] = []
-    header: list[str] = []
-
-    def add(row: list[str], problem: str | None = None) -> None:
-        if row or problem:
-            rows.append({key: (row[i] if i < len(row) else "") for i, key in enumerate(header)})
-            if problem:
-                rows[-1][ROW_PROBLEM] = problem
-
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    start = 0  # physical line (0-based) where the row being read starts
-    try:
-        header = [h.strip() for h in next(reader, [])]
-        start = reader.line_num
-        for row in reader:
-            add(row)
-            start = reader.line_num
-    except csv.Error as err:
-        lines = text.splitlines()
-        log.warning("%s: malformed CSV row at line %d (%s); from there on each line is read as one row",
-                    path, start + 1, err)
-        for n, line in enumerate(lines[start:], start + 1):
-            try:
-                add(next(csv.reader([line]), []))
-            except csv.Error as line_err:
-                log.warning("%s: line %d skipped: %s", path, n, line_err)
-                head = next(csv.reader([line[:_HEAD_CHARS]]), [])[:-1]  # the last field is cut: dropped
-                add(head, f"{Path(path).name} line {n}: {line_err} ({len(line)} characters)")
-    return rows
-
+# ----------------------------------------------------------------------------- transcripts
 
 @dataclass
 class Transcript:
@@ -160,9 +83,9 @@ def read_subtitles(path: Path, columns: tuple[str, ...], name_column: str = "nam
     rejected: dict[str, str] = {}
     for row in rows:
         name = row[name_column].strip()
-        if ROW_PROBLEM in row:
+        if problem := row_problem(row):
             if name and name not in out:
-                rejected.setdefault(name, f"transcript row unreadable: {row[ROW_PROBLEM]}")
+                rejected.setdefault(name, f"transcript row unreadable: {problem}")
             continue
         out.setdefault(name, (row[column] or "").strip())
     return Transcript(out, column, None, rejected)

@@ -8,8 +8,9 @@ from affectverse_ds.benchmarks.base import (
 )
 from affectverse_ds.benchmarks.layouts import (
     VIDEO_EXTS, ProcessedLayout, attach_media, entry_value, finish, first_dir, index_media, mark_duplicates,
-    read_csv_rows, register_processed, shown,
+    register_processed, shown,
 )
+from affectverse_ds.benchmarks.text_files import read_csv_rows, row_problem
 
 CLASSES = ("anger", "joy", "sadness", "neutral", "disgust", "fear", "surprise")
 LAYOUT = ProcessedLayout(video_dirs=("subvideo",), audio_dirs=("subaudio", "audio"), text_column="english")
@@ -39,6 +40,9 @@ def _official_item(row: dict[str, str], split: str) -> RawItem:
     # Same names as the processed layout (`test_dia0_utt0`), whose dev split is called `val`.
     name = f"{split}_dia{dia}_utt{utt}"
     item = RawItem(name=name, split=split, label=None, subtitle=(row.get("Utterance") or "").strip())
+    if problem := row_problem(row):
+        item.reject = f"label row unreadable: {problem}"
+        return item
     if not (dia.isdigit() and utt.isdigit()):
         item.reject = f"{name}: Dialogue_ID/Utterance_ID {dia!r}/{utt!r} are not integers"
         return item

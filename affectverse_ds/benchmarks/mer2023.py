@@ -6,9 +6,10 @@ from affectverse_ds.benchmarks.base import (
     class_from_index, emotion_target, npz_labels, plain_corpus,
 )
 from affectverse_ds.benchmarks.layouts import (
-    VIDEO_EXTS, ProcessedLayout, attach_media, entry_value, finish, index_media, mark_duplicates, read_csv_rows,
-    read_subtitles, register_processed,
+    VIDEO_EXTS, ProcessedLayout, attach_media, entry_value, finish, index_media, mark_duplicates, read_subtitles,
+    register_processed, reject,
 )
+from affectverse_ds.benchmarks.text_files import read_csv_rows, row_problem
 
 CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")
 LAYOUT = ProcessedLayout(video_dirs=("video",), audio_dirs=("audio",), text_column="chinese",
@@ -63,6 +64,8 @@ def scan_official(root: Path, split: str) -> list[RawItem]:
         name = (row.get("name") or "").strip()
         item = RawItem(name=name, split=split, label=None)
         try:
+            if problem := row_problem(row):
+                raise LabelError(f"label row unreadable: {problem}")
             item.label = official_row_label(row, name, notes=item.notes)
         except LabelError as err:
             item.reject = str(err)
@@ -70,6 +73,9 @@ def scan_official(root: Path, split: str) -> list[RawItem]:
     mark_duplicates(items)
     transcript = read_subtitles(root / OFFICIAL_TRANSCRIPT, TEXT_COLUMNS, shown_as=OFFICIAL_TRANSCRIPT)
     attach_media(items, split, index_media(root / split, VIDEO_EXTS), {}, transcript.texts, VIDEO_EXTS)
+    for item in items:
+        if item.name in transcript.rejected:  # a subtitle row that could not be read: its item only
+            reject(item, transcript.rejected[item.name])
     if transcript.problem:  # the note reaches every item's manifest row, not only a log line
         for item in items:
             item.notes.append(transcript.problem)

@@ -4,7 +4,8 @@ from pathlib import Path
 from affectverse_ds.benchmarks.base import (
     OPENSET_QUESTION, Benchmark, Label, LabelTable, LayoutNotFound, RawItem, SplitAbsent, emotion_target,
 )
-from affectverse_ds.benchmarks.layouts import ProcessedLayout, mark_duplicates, read_csv_rows, register_processed
+from affectverse_ds.benchmarks.layouts import ProcessedLayout, mark_duplicates, register_processed
+from affectverse_ds.benchmarks.text_files import read_csv_rows, row_problem
 
 LABEL_FILE = "ovlabel.csv"
 # subtitle_eng.csv: name,sentence; some copies call the column `english` (read when `sentence` is absent)
@@ -28,9 +29,10 @@ def label_items(process_root: Path, split: str) -> list[RawItem]:
     items = []
     for row in read_csv_rows(path):
         name = (row.get("name") or "").strip()
-        words = parse_word_list(row.get("openset") or "")
+        words = () if (problem := row_problem(row)) else parse_word_list(row.get("openset") or "")
+        reason = f"label row unreadable: {problem}" if problem else f"{name}: empty open-set label"
         items.append(RawItem(name=name, split=split, label=Label(openset=words) if words else None,
-                             reject=None if words else f"{name}: empty open-set label"))
+                             reject=None if words else reason))
     return items
 
 

@@ -14,7 +14,6 @@ there) and are the default everywhere; ``eval.wheel_dir`` or ``--wheel-dir`` poi
 """
 from __future__ import annotations
 
-import csv
 import functools
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Iterable
 
 import openpyxl
+
+from affectverse_ds.benchmarks.text_files import read_csv_rows, row_problem
 
 N_WHEELS = 5
 NEUTRAL = "neutral"
@@ -64,10 +65,13 @@ def read_format_table(path: Path) -> dict[str, frozenset[str]]:
     if not path.is_file():
         raise FileNotFoundError(f"emotion wheel file not found: {path}")
     table: dict[str, set[str]] = defaultdict(set)
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            for form in row["format"].split(","):
-                table[form].add(row["name"])
+    for row in read_csv_rows(path):  # bounded lines: a 200 MB field is refused without being held
+        if problem := row_problem(row):  # a vocabulary with a row missing would score silently differently
+            raise ValueError(f"{path}: row unreadable ({problem})")
+        if "name" not in row or "format" not in row:
+            raise ValueError(f"{path}: no 'name' and 'format' columns")
+        for form in row["format"].split(","):
+            table[form].add(row["name"])
     return {form: frozenset(bases) for form, bases in table.items()}
 
 

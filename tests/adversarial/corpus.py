@@ -279,3 +279,38 @@ def npz_with_inflating_member(path: str | Path, inflated_mb: int = 512) -> Path:
             for _ in range(inflated_mb):
                 member.write(chunk)
     return path
+
+
+# ----------------------------------------------------------------------------- an oversized CSV field (issue #26)
+
+# A comma and a doubled quote in every unit: the quoting must be followed across the whole field to find the
+# columns after it.
+_FIELD_UNIT = 'lorem, ""ipsum"" '
+
+
+def inflate_csv_field(path: str | Path, row: int, column: str, n_chars: int) -> dict[str, str]:
+    """Rewrite the CSV at ``path`` (a fixture's, one line per row) so data row ``row`` (0-based, physical line
+    ``row + 2``) holds about ``n_chars`` characters in ``column``, written in 1 MB pieces, never held whole.
+    Returns that row as it was (a dict by column), to name the item the scanner should reject."""
+    import csv
+
+    path = Path(path)
+    header, *rows = csv.reader(io.StringIO(path.read_text(encoding="utf-8"), newline=""))
+    col = header.index(column)
+
+    def line(cells: list[str]) -> str:
+        out = io.StringIO()
+        csv.writer(out, lineterminator="").writerow(cells)
+        return out.getvalue()
+
+    victim = rows[row]
+    before, after = line(victim[:col]), line(victim[col + 1:])
+    piece = _FIELD_UNIT * (min(n_chars, 1 << 20) // len(_FIELD_UNIT))
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.writelines(line(cells) + "\n" for cells in [header, *rows[:row]])
+        f.write(before + ("," if col else "") + '"')
+        for _ in range(-(-n_chars // len(piece))):  # at least n_chars
+            f.write(piece)
+        f.write('"' + ("," if col < len(header) - 1 else "") + after + "\n")
+        f.writelines(line(cells) + "\n" for cells in rows[row + 1:])
+    return dict(zip(header, victim))

@@ -4,7 +4,6 @@ parses but is not finite), nothing in it runs, and the memory attacks stay withi
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from affectverse_ds.config import ConfigError, dump_config, load_config
 sys.path.insert(0, str(Path(__file__).parent))
 import corpus  # noqa: E402
 from tests.support.wheels import write_tiny_wheels  # noqa: E402
+from tests.support.peak_memory import peaks  # noqa: E402
 from tests.support.launch import launch_module  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,27 +116,22 @@ def test_evaluator_refuses_a_checkpoint_whose_config_is_a_bomb(tmp_path, tiny_ba
 # ----------------------------------------------------------------------------- peak memory
 
 
-# One process per reader: ordinary input first, then each attack; ru_maxrss is a high-water mark, so the
-# figure after an attack is the most the process held at any point until then.
+# One process per reader (tests/support/peak_memory.py): ordinary input first, then each attack.
 _MEASURE = """
-import json, resource, sys
 from affectverse_ds.config import ConfigError, load_config
-where, tiny, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
-if where == "checkpoint":
+if WHERE == "checkpoint":
     from affectverse_ds.model.export import model_config
-    base = load_config(tiny)
+    base = load_config(TINY)
     read = lambda p: model_config(base, p)
 else:
     read = load_config
-rows = []
-for p in paths:
+
+def measure(path):
     try:
-        read(p)
-        outcome = "loaded"
+        read(path)
+        return "loaded"
     except ConfigError as err:
-        outcome = str(err)
-    rows.append({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "outcome": outcome})
-print(json.dumps(rows))
+        return str(err)
 """
 
 
@@ -149,15 +144,12 @@ def test_memory_attacks_stay_within_100_mb_of_an_ordinary_config(where, tmp_path
         folder.mkdir(parents=True)
         (folder / "config.yaml").write_bytes(content)
         paths.append(str(folder if where == "checkpoint" else folder / "config.yaml"))
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, where, str(TINY), *paths], capture_output=True,
-                          text=True, timeout=120, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    ordinary, *attacks = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert ordinary["outcome"] == "loaded"
-    report = [f"{where}: ordinary {ordinary['maxrss_mb']:.0f} MB"]
+    ordinary, *attacks = peaks(f"WHERE, TINY = {where!r}, {str(TINY)!r}\n" + _MEASURE, paths)
+    assert ordinary.outcome == "loaded"
+    report = [f"{where}: ordinary {ordinary.peak_mb:.0f} MB"]
     for kind, row in zip(MEMORY_KINDS, attacks):
-        assert row["outcome"] != "loaded" and "\n" not in row["outcome"]
-        assert row["maxrss_mb"] - ordinary["maxrss_mb"] < MEMORY_MARGIN_MB, (kind, row, ordinary)
-        report.append(f"{kind} {row['maxrss_mb']:.0f} MB")
+        assert row.outcome != "loaded" and "\n" not in row.outcome
+        assert row.peak_mb - ordinary.peak_mb < MEMORY_MARGIN_MB, (kind, row, ordinary)
+        report.append(f"{kind} {row.peak_mb:.0f} MB")
     with capsys.disabled():
         print("\npeak RSS " + ", ".join(report))

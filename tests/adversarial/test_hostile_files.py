@@ -17,6 +17,7 @@ from affectverse_ds.data.loader import LoaderError, list_shards, read_sizes
 
 sys.path.insert(0, str(Path(__file__).parent))
 import corpus  # noqa: E402
+from tests.support.peak_memory import peaks  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -62,17 +63,14 @@ def test_a_fifo_label_file_is_refused(tmp_path):
 
 
 _MEASURE = """
-import json, resource, sys
 from affectverse_ds.safe_pickle import load_npz
-rows = []
-for p in sys.argv[1:]:
+
+def measure(path):
     try:
-        load_npz(p)
-        outcome = "loaded"
+        load_npz(path)
+        return "loaded"
     except OSError as err:
-        outcome = str(err)
-    rows.append({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "outcome": outcome})
-print(json.dumps(rows))
+        return str(err)
 """
 
 
@@ -80,15 +78,12 @@ def test_inflating_npz_member_is_refused_before_inflating(tmp_path, capsys):
     ordinary = REPO / "tests" / "reference" / "merbench" / "meld-process" / "label.npz"
     bomb = corpus.npz_with_inflating_member(tmp_path / "label.npz", inflated_mb=512)
     assert bomb.stat().st_size < 4 << 20
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, str(ordinary), str(bomb)], capture_output=True,
-                          text=True, timeout=120, cwd=REPO, env=ENV)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    base, attack = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert base["outcome"] == "loaded"
-    assert attack["outcome"].startswith(f"{bomb}: member unused.npy inflates to ") and "\n" not in attack["outcome"]
-    assert attack["maxrss_mb"] - base["maxrss_mb"] < 100, (base, attack)
+    base, attack = peaks(_MEASURE, [str(ordinary), str(bomb)])
+    assert base.outcome == "loaded"
+    assert attack.outcome.startswith(f"{bomb}: member unused.npy inflates to ") and "\n" not in attack.outcome
+    assert attack.peak_mb - base.peak_mb < 100, (base, attack)
     with capsys.disabled():
-        print(f"\npeak RSS npz: ordinary {base['maxrss_mb']:.0f} MB, 512 MB member {attack['maxrss_mb']:.0f} MB")
+        print(f"\npeak RSS npz: ordinary {base.peak_mb:.0f} MB, 512 MB member {attack.peak_mb:.0f} MB")
 
 
 # ----------------------------------------------------------------------------- a sparse tar member
@@ -123,29 +118,24 @@ def _shard_with_sparse_flac(tmp_path: Path) -> tuple[corpus.Corpus, str]:
     return c, victim.split(".", 1)[0]
 
 
-# VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork and exec, so a child of a large pytest process
-# would report its parent's size; VmHWM is the new process's own high-water mark
 _MEASURE_SHARD = """
-import json, re, sys
 from data_prep.verify_shards import verify_dir
-problems = verify_dir(sys.argv[1])
-hwm = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
-print(json.dumps({"maxrss_mb": hwm / 1024, "problems": problems}))
+
+def measure(folder):
+    return json.dumps(verify_dir(folder))
 """
 
 
 def test_a_sparse_flac_member_is_refused_before_it_is_read(tmp_path, capsys):
     c, key = _shard_with_sparse_flac(tmp_path)
-    proc = subprocess.run([sys.executable, "-c", _MEASURE_SHARD, str(c.folder)], capture_output=True, text=True,
-                          timeout=120, cwd=REPO, env=ENV)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
-    flagged = [p for p in got["problems"] if p.startswith(f"{key}: ")]
+    (got,) = peaks(_MEASURE_SHARD, [str(c.folder)])
+    problems = json.loads(got.outcome)
+    flagged = [p for p in problems if p.startswith(f"{key}: ")]
     assert flagged == [f"{key}: member .flac declares {SPARSE_MB << 20} bytes, over the "
-                       f"{schema.MAX_AUDIO_BYTES}-byte limit (not read)"], got["problems"]
-    assert got["maxrss_mb"] < 450, got  # reading the member would take 512 MB more
+                       f"{schema.MAX_AUDIO_BYTES}-byte limit (not read)"], problems
+    assert got.peak_mb < 450, got  # reading the member would take 512 MB more
     with capsys.disabled():
-        print(f"\npeak RSS verify_shards with a {SPARSE_MB} MB sparse .flac: {got['maxrss_mb']:.0f} MB")
+        print(f"\npeak RSS verify_shards with a {SPARSE_MB} MB sparse .flac: {got.peak_mb:.0f} MB")
 
 
 def test_the_loader_skips_a_sparse_flac_sample_naming_it(tmp_path, caplog):

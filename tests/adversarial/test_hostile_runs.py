@@ -211,7 +211,7 @@ def test_an_oversized_transcript_field_rejects_its_item_only_naming_the_file(tmp
     transcript = root / "meld-process" / "transcription-engchi-polish.csv"
     lines = transcript.read_text().splitlines()
     name = lines[2].split(",")[0]
-    lines[2] = f'{name},x,"{"a" * (1 << 20)}"'  # 1 MB: over the csv module's 128 KB field limit, as 200 MB is
+    lines[2] = f'{name},x,"{"a" * (1 << 19)}"'  # over the csv module's 128 KB field limit (200 MB: test_hostile_csv)
     transcript.write_text("\n".join(lines) + "\n")
     rows = _build(root, split, tmp_path / "shards")
     status, reason = rows.pop(name)

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from affectverse_ds.benchmarks import get_benchmark
 from affectverse_ds.benchmarks.base import Label, RawItem
-from affectverse_ds.benchmarks.layouts import read_csv_rows
+from affectverse_ds.benchmarks.text_files import read_csv_rows
 from affectverse_ds.data.media import DecodeConfig
 from affectverse_ds.data.shards import build_shards, encode_item, scan_split
 from data_prep.make_fixtures import make_fixture

@@ -4,9 +4,8 @@ from __future__ import annotations
 import codecs
 
 from affectverse_ds.benchmarks.base import Label, RawItem
-from affectverse_ds.benchmarks.layouts import (
-    decode_text, index_media, mark_duplicates, read_csv_rows, read_transcript, subtitle_note,
-)
+from affectverse_ds.benchmarks.layouts import index_media, mark_duplicates, read_transcript, subtitle_note
+from affectverse_ds.benchmarks.text_files import decode_text, read_csv_rows
 
 
 def test_decode_text_handles_bom_utf16_and_bad_bytes():
@@ -53,3 +52,15 @@ def test_subtitle_note():
     assert subtitle_note(RawItem("a", "t", None, subtitle="")) == "empty subtitle"
     assert "invalid UTF-8" in subtitle_note(RawItem("a", "t", None, subtitle="caf\ufffd"))
     assert subtitle_note(RawItem("a", "t", None, subtitle="fine")) is None
+
+
+def test_read_csv_rows_decodes_as_decode_text_line_by_line(tmp_path):
+    """The bounded line reader decodes like decode_text: BOMs, UTF-16, CRLF, a stray cp1252 byte, quoted newlines."""
+    text = 'name,english\r\na,"two\r\nlines"\r\nb,caf\u00e9 \u2019ok\u2019\r\n'
+    path = tmp_path / "t.csv"
+    expect = [{"name": "a", "english": "two\r\nlines"}, {"name": "b", "english": "caf\u00e9 \u2019ok\u2019"}]
+    for raw in (text.encode(), codecs.BOM_UTF8 + text.encode(), text.encode("utf-16"), text.encode("utf-16-be")):
+        path.write_bytes(codecs.BOM_UTF16_BE + raw if raw.startswith(b"\x00") else raw)
+        assert read_csv_rows(path) == expect, raw[:4]
+    path.write_bytes(text.replace("\u2019", "\x92").encode("utf-8").replace(b"\xc2\x92", b"\x92"))
+    assert read_csv_rows(path)[1]["english"] == "caf\u00e9 \x92ok\x92"  # C1 char, mapped later by the subtitle rule
