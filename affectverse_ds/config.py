@@ -1,5 +1,7 @@
 """The typed config tree: defaults <- YAML file <- ``key=value`` overrides, validated before anything is built.
 
+Over 400 lines on purpose: the whole tree, every field with its comment, is one file a user reads (STYLE rule 2).
+
 Every subsystem has one dataclass; :class:`AffectVerseConfig` holds them all. A
 wrong key, a value of the wrong type or an inconsistent combination raises
 :class:`ConfigError` with a one-line message naming the key. The resolved
@@ -167,7 +169,6 @@ class EvalConfig:
     """Evaluation protocol (docs/evaluation.md) settings."""
 
     wheel_dir: str = ""  # format.csv, synonym.xlsx, wheel1-5.xlsx; "" = the wheels shipped with the package
-    reference_data: str = ""  # older form of wheel_dir: a folder holding emotion_wheel/ (wheel_dir wins)
     modalities: list[str] = field(default_factory=lambda: ["avt"])
     keep_ratios: list[float] = field(default_factory=lambda: [1.0])
     mode: Literal["generate", "rank"] = "generate"
@@ -237,11 +238,19 @@ def _apply_override(tree: dict[str, Any], item: str) -> None:
         raise ConfigError(str(err)) from None
 
 
+# keys that are gone -> what to set instead (an old config gets a pointer, not "unknown key")
+RETIRED = {"eval.reference_data": "eval.wheel_dir to the emotion_wheel folder itself (<reference_data>/emotion_wheel)"}
+
+
 def _build(cls: type, values: Any, prefix: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    for name in [k for k in values if f"{prefix}{k}" in RETIRED]:
+        if values[name] not in ("", None):  # empty: what every dumped config held before the key went
+            raise ConfigError(f"{prefix}{name}: no longer read; set {RETIRED[prefix + name]}")
+    values = {k: v for k, v in values.items() if f"{prefix}{k}" not in RETIRED}
     unknown = sorted(str(k) for k in set(values) - names)  # str: YAML keys may be numbers or null
     if unknown:
         raise ConfigError(f"{prefix}{_show(unknown[0])[1:-1]}: unknown key (known: {', '.join(sorted(names))})")

@@ -214,11 +214,6 @@ def _load_wheels(wheel_dir: str) -> EmotionWheels:
 def wheel_dir_for(eval_cfg) -> Path:
     """The wheel folder an evaluation config asks for.
 
-    ``eval.wheel_dir`` when set; else ``<eval.reference_data>/emotion_wheel`` when that older option
-    is set; else the tables shipped with the package (:data:`PACKAGED_WHEEL_DIR`).
+    ``eval.wheel_dir`` when set, else the tables shipped with the package (:data:`PACKAGED_WHEEL_DIR`).
     """
-    if eval_cfg.wheel_dir:
-        return Path(eval_cfg.wheel_dir)
-    if eval_cfg.reference_data:
-        return Path(eval_cfg.reference_data) / "emotion_wheel"
-    return PACKAGED_WHEEL_DIR
+    return Path(eval_cfg.wheel_dir) if eval_cfg.wheel_dir else PACKAGED_WHEEL_DIR

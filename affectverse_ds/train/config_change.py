@@ -25,7 +25,7 @@ FREE = frozenset({
     "train.out_dir", "train.save_every", "train.save_each_epoch", "train.keep_last", "train.log_every",
     "train.stop_after_steps", "train.max_nonfinite_steps", "data.num_workers",
     "backbone.attn_implementation", "backbone.gradient_checkpointing",
-    "eval.wheel_dir", "eval.reference_data", "eval.modalities", "eval.keep_ratios", "eval.mode",
+    "eval.wheel_dir", "eval.modalities", "eval.keep_ratios", "eval.mode",
     "eval.max_new_tokens", "eval.batch_size",
 })
 SHAPES = frozenset({

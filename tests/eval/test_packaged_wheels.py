@@ -26,7 +26,6 @@ def test_config_default_and_the_options_resolve_as_documented(tmp_path):
     for preset in ("demo", "affectverse_7b", "tiny"):
         assert wheel_dir_for(load_config(REPO / "launch" / "configs" / f"{preset}.yaml").eval) == PACKAGED_WHEEL_DIR
     assert wheel_dir_for(load_config(None, [f"eval.wheel_dir={tmp_path}"]).eval) == tmp_path
-    assert wheel_dir_for(load_config(None, [f"eval.reference_data={tmp_path}"]).eval) == tmp_path / "emotion_wheel"
 
 
 def test_scorer_cli_needs_no_wheel_option(reference):

@@ -24,11 +24,8 @@ def setup(tmp_path_factory, tiny_backbone_dir, tiny_wheel_dir):
     from data_prep.make_fixtures import encode_clip
 
     root = tmp_path_factory.mktemp("predict")
-    reference = root / "reference"
-    reference.mkdir()
-    (reference / "emotion_wheel").symlink_to(tiny_wheel_dir, target_is_directory=True)
     cfg = load_config(REPO / "launch" / "configs" / "tiny.yaml", [
-        f"backbone.path={tiny_backbone_dir}", f"eval.reference_data={reference}", "eval.max_new_tokens=4"])
+        f"backbone.path={tiny_backbone_dir}", f"eval.wheel_dir={tiny_wheel_dir}", "eval.max_new_tokens=4"])
     torch.manual_seed(3)
     model = build_model(cfg, "cpu")
     with torch.no_grad():
@@ -163,7 +160,7 @@ def test_damaged_ewm_weights_are_a_one_line_error(setup, tmp_path, capsys, conte
 
 
 def test_without_emotion_wheels_the_trained_answer_is_still_parsed(tmp_path):
-    cfg = load_config(None, [f"eval.reference_data={tmp_path}"])
+    cfg = load_config(None, [f"eval.wheel_dir={tmp_path / 'emotion_wheel'}"])
     extractor, mapper = P.emotion_readers(cfg)
     assert mapper is None
     assert extractor.extract("The character's emotional state is happy, sad and tired.") == ["happy", "sad", "tired"]

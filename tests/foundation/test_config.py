@@ -84,3 +84,15 @@ def test_each_error_is_one_line_naming_the_key(override, key):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_the_retired_reference_data_key_names_its_replacement(tmp_path):
+    """``eval.reference_data`` (a folder holding emotion_wheel/) was an alias of ``eval.wheel_dir`` (issue 25): set,
+    it is an error pointing at the key to use; empty, as every config dumped before held it, it is dropped."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"eval.reference_data={tmp_path}"])
+    assert str(err.value).startswith("eval.reference_data: no longer read; set eval.wheel_dir")
+    old_dump = tmp_path / "config.yaml"
+    old_dump.write_text("eval:\n  wheel_dir: ''\n  reference_data: ''\n  batch_size: 3\n")
+    assert load_config(old_dump).eval.batch_size == 3
+    assert "reference_data" not in to_dict(load_config(old_dump))["eval"]
