@@ -1,5 +1,7 @@
 """Generate ``affectdyn``, a SYNTHETIC affective-dynamics benchmark, in the MER-UniBench processed layout.
 
+Over 400 lines: one generator read in order (design, trajectories, rendering, encoding, files) on one clip spec.
+
     python -m data_prep.make_affectdyn --out DIR --n-train 300 --n-test 90 --seed 0 [--workers 2]
         [--variant base|precursor]
 

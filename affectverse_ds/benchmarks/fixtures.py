@@ -1,5 +1,7 @@
 """Write a small raw benchmark tree, in a real release's on-disk shape, with real encoded media.
 
+Over 400 lines: every release shape the scanners read, sharing one set of item, clip and CSV writers.
+
     python -m data_prep.make_fixtures --benchmark meld --layout official --out /tmp/meld-fx \\
         [--labels tests/reference/merbench/meld-process/label.npz] [--n 4] [--seed 0] [--inject dup,nomedia] \\
         [--shape flat]

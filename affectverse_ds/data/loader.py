@@ -1,5 +1,7 @@
 """The WebDataset pipeline: shards -> batches, in OpenCLIP's order.
 
+Over 400 lines: the training and evaluation pipelines share shard listing, decoding and skip accounting.
+
 Training (:func:`build_train_loader`), per rank and epoch::
 
     shard lists per benchmark, repeated by mixing weight

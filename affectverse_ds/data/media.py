@@ -1,5 +1,7 @@
 """Decode one clip into what a shard sample holds: 3 FPS 224x224 JPEG frames and 16 kHz mono audio.
 
+Over 400 lines: the package's one PyAV decoder, frames and audio fed from the same pass over a container.
+
 Frame rule (by timestamp, so variable frame rate needs no special case): the clip
 covers ``[0, duration)``; sampling times are ``t_k = k / fps`` for ``k = 0, 1, ...``
 with ``t_k < duration``, hence ``n_frames = frame_count(duration) = ceil(duration * fps)``.

@@ -1,5 +1,7 @@
 """Write a benchmark split into WebDataset tar shards, plus ``sizes.json`` and ``manifest.parquet``.
 
+Over 400 lines: the build and its dry run (inspect_root) share the scanner, de-duplication and manifest rows.
+
 A process pool decodes items; one writer consumes the results in item order, so the
 shards are byte-identical whatever the number of workers. Items are sorted by sample
 key first, so the scanner's directory-listing order does not leak into the shards.
