@@ -11,23 +11,24 @@ import numpy as np
 import pytest
 
 from affectverse_ds.experiments import ablation as exp
+from affectverse_ds.experiments import ablation_tables as tables
 
 
 def test_t_interval_matches_a_hand_computation():
-    mean, lo, hi = exp.t_interval([1.0, 2.0, 3.0])
+    mean, lo, hi = tables.t_interval([1.0, 2.0, 3.0])
     half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
     assert mean == 2.0 and lo == pytest.approx(2 - half) and hi == pytest.approx(2 + half)
-    assert all(math.isnan(x) for x in exp.t_interval([5.0])[1:])
+    assert all(math.isnan(x) for x in tables.t_interval([5.0])[1:])
 
 
 def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_clips():
     rng = np.random.default_rng(0)
     small, large = rng.integers(0, 2, 20).astype(float), rng.integers(0, 2, 2000).astype(float)
-    m, lo, hi = exp.bootstrap_interval(small)
+    m, lo, hi = tables.bootstrap_interval(small)
     assert lo <= m <= hi
-    _, lo2, hi2 = exp.bootstrap_interval(large)
+    _, lo2, hi2 = tables.bootstrap_interval(large)
     assert hi2 - lo2 < hi - lo
-    assert exp.bootstrap_interval(np.ones(10))[1:] == (1.0, 1.0)
+    assert tables.bootstrap_interval(np.ones(10))[1:] == (1.0, 1.0)
 
 
 def _seed(score, hits, fid=None):
@@ -49,7 +50,7 @@ def _raw():
 
 def test_summary_pairs_arms_on_the_same_clips():
     args = argparse.Namespace(keep_ratios=[1.0, 0.5], arms=["a", "b", "f"], seeds=2, n_train=1, n_test=4)
-    summary = exp.summarise(_raw(), args)
+    summary = tables.summarise(_raw(), args)
     rows = {(r["arm"], r["keep_ratio"]): r for r in summary["precursor"]["scores"]}
     f = rows[("f", 1.0)]
     assert f["mean"] == 75.0 and f["n_clips"] == 4
@@ -64,7 +65,7 @@ def test_summary_pairs_arms_on_the_same_clips():
     by = {r["predictor"]: r for r in t8}
     assert by["ewm"]["mean"] == pytest.approx(0.85)
     assert by["repeat_last"]["ewm_minus_this_t95"][0] == pytest.approx(0.4)
-    md = exp.to_markdown(summary, args)
+    md = tables.to_markdown(summary, args)
     assert "| 0.5 | (f) |" in md and "| 1 | (f) - (b) | +25.00 |" in md
 
 
@@ -72,7 +73,7 @@ def test_arms_without_the_same_seeds_are_not_paired():
     raw = _raw()
     del raw["precursor"]["b"]["1"]
     with pytest.raises(SystemExit, match="different seeds"):
-        exp.summarise(raw, argparse.Namespace(keep_ratios=[1.0], arms=["b", "f"]))
+        tables.summarise(raw, argparse.Namespace(keep_ratios=[1.0], arms=["b", "f"]))
 
 
 def test_tables_are_recomputed_from_the_per_clip_file(tmp_path):
@@ -80,8 +81,8 @@ def test_tables_are_recomputed_from_the_per_clip_file(tmp_path):
     import json
 
     (tmp_path / "per_clip.json").write_text(json.dumps({"args": vars(args), "raw": _raw()}))
-    assert exp.recompute(tmp_path) == json.loads(json.dumps(exp.summarise(_raw(), args)))
-    assert (tmp_path / "results.md").read_text() == exp.to_markdown(exp.summarise(_raw(), args), args)
+    assert exp.recompute(tmp_path) == json.loads(json.dumps(tables.summarise(_raw(), args)))
+    assert (tmp_path / "results.md").read_text() == tables.to_markdown(tables.summarise(_raw(), args), args)
 
 
 def test_a_finished_run_is_reused_only_when_what_made_it_matches(tmp_path, monkeypatch):
@@ -106,7 +107,7 @@ def test_arms_are_table_3_rows():
     assert exp.parse_args([]).arms == ["a", "b", "f"] and exp.parse_args([]).seeds == 5
     with pytest.raises(SystemExit):
         exp.parse_args(["--arms", "a,z"])
-    overrides = {arm: set(extra) for arm, (_, _, extra) in exp.ARMS.items()}
+    overrides = {arm: set(extra) for arm, (_, _, extra) in tables.ARMS.items()}
     assert "ewm.enabled=false" in overrides["a"] and "ewm.temporal_split=false" in overrides["a"]
     assert "ewm.enabled=false" in overrides["b"] and "ewm.temporal_split=true" in overrides["b"]
     assert "ewm.enabled=true" in overrides["f"] and "ewm.context_source=full" in overrides["f_full"]
@@ -114,7 +115,7 @@ def test_arms_are_table_3_rows():
 
 def test_wheel_score_is_the_mean_over_wheels_of_each_wheels_hit_rate():
     hits = np.array([[100.0, np.nan], [0.0, 100.0], [100.0, 100.0]])
-    assert exp.wheel_score(hits) == pytest.approx(((200 / 3) + 100) / 2)
+    assert tables.wheel_score(hits) == pytest.approx(((200 / 3) + 100) / 2)
 
 
 def test_command_line_defaults_parse_and_score_with_the_packaged_wheels():
