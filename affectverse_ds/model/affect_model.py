@@ -6,8 +6,8 @@ The components live beside this file; here they are wired. One training step (pa
     1. the host plan: kappa, modality dropout, the EWM's
        past/future split, the three sequence plans             ``step_plan.plan_step``
        and the towers (frozen, no grad): once on the full clip  ``thinker_io.embed``
-       and once on the clip cut at kappa (``ewm.context_source
-       = "past"``: what the truncated sequences read)          ``past_inputs.past_embeddings``
+       and (``ewm.context_source = "past"``) once on the clip
+       cut at kappa, whose outputs the kept A/V tokens take     ``past_inputs.past_embeddings``
     2. full-observation pass (no grad, stopped after the last
        A/V token) and the leak-free past pass                  ``ewm_context.ewm_states``
        -- or both from one KV cache with the second pass       ``shared_prefix.shared_passes``
@@ -105,12 +105,10 @@ class AffectVerseModel(nn.Module):
         return s
 
     def observe_past(self, batch: dict, s: step_plan.StepPlan, kappa: torch.Tensor) -> None:
-        """Set ``s.embeds_past``: the towers of the clip cut at ``kappa`` (B,) for the truncated plans
-        (``past_inputs.py``); ``s.embeds`` too when the full clip's towers were not run."""
+        """The kept A/V columns of ``s.embeds`` from the towers of the clip cut at ``kappa`` (B,)
+        (``past_inputs.py``); the later columns keep the full clip's (token embeddings where those were not run)."""
         base = s.embeds if s.embeds is not None else thinker_io.embed_tokens(self.core, batch["input_ids"])
-        s.embeds_past = self._embed_past(batch, base, s.regions, kappa)
-        if s.embeds is None:
-            s.embeds = s.embeds_past
+        s.embeds = self._embed_past(batch, base, s.regions, kappa)
 
     def _split_ewm(self, s, regions, mask, answer, kappa) -> None:
         """Kept for callers of the old method (``step_plan.split_ewm``; ``self`` is not read)."""

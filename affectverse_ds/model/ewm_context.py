@@ -7,7 +7,7 @@ is the clip-wide maximum - 8). The EWM's context (past tokens of both modalities
 past pass, whose sequence holds only the kept (past) A/V tokens, embedded by towers that saw only the clip
 cut at the keep point (``past_inputs.py``: the waveform's own log-mel and audio-tower pass, the kept frame
 groups' own vision-tower pass); the targets (future tokens) come from the full-observation pass under
-stop-gradient. Every context state, and so the belief tokens, is then a function of the cut clip alone
+stop-gradient, over that same past followed by the future tokens of the full clip's towers. Every context state, and so the belief tokens, is then a function of the cut clip alone
 (``tests/model/test_ewm_leak.py`` perturbs future pixels, future samples and the future's length and checks
 them bit for bit; the loader's frame sampling and audio cap are decided on the whole clip, see
 ``past_inputs.py``). ``ewm.context_source = "full"`` reads both from the full pass over the full-clip
@@ -32,12 +32,11 @@ from affectverse_ds.model.ewm import EmotionWorldModule, EWMOutput
 from affectverse_ds.model.step_plan import StepPlan, context_grad, uses_past_pass
 
 
-def pass_states(decoder: Callable, s: StepPlan, name: str, grad: bool, source_layer: int) -> torch.Tensor:
-    """Decoder states (B, L_plan, d) of plan ``name``'s sequence ("plan0": full observation, "plan_past")."""
+def pass_states(decoder: Callable, s: StepPlan, plan: inj.SequencePlan, grad: bool, source_layer: int) -> torch.Tensor:
+    """Decoder states (B, L_plan, d) of ``plan``'s sequence (the full-observation or the past pass)."""
     dev = s.embeds.device
-    plan = getattr(s, name)
     with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-        x0 = inj.gather_embeddings(plan, s.table(name), None)
+        x0 = inj.gather_embeddings(plan, s.embeds, None)
         h, _ = decoder(x0, plan.attention_mask.to(dev), plan.position_ids.to(dev), source_layer=source_layer)
     return h
 
@@ -49,8 +48,8 @@ def ewm_states(decoder: Callable, s: StepPlan, e: EWMConfig) -> tuple[torch.Tens
     """
     grad = context_grad(s, e)
     past = uses_past_pass(s, e)
-    h0 = pass_states(decoder, s, "plan0", grad and not past, e.source_layer)
-    return h0, (pass_states(decoder, s, "plan_past", grad, e.source_layer) if past else None)
+    h0 = pass_states(decoder, s, s.plan0, grad and not past, e.source_layer)
+    return h0, (pass_states(decoder, s, s.plan_past, grad, e.source_layer) if past else None)
 
 
 def ewm_inputs(s: StepPlan, h0: torch.Tensor | None, h_past: torch.Tensor | None) -> list[torch.Tensor]:

@@ -6,10 +6,7 @@ mask the past pass is exactly the second pass's A/V prefix (it precedes every be
 takes the context states from it (continuing longer rows without grad), runs the full-observation rest from
 its cache cropped where the sequences diverge, and finishes the second pass from the cache. Exact under
 causal attention (``tests/model/test_affect_model.py`` compares it with the separate passes of
-``ewm_context.ewm_states``). Two sequences agree on a column only when they also gather its embedding from the
-same table: under ``ewm.context_source = "past"`` the truncated sequences read their A/V tokens from the cut
-clip's own towers and the full-observation pass from the full clip's (``StepPlan.table``), so that pass shares
-only the columns before the first A/V token; off with gradient checkpointing (transformers drops the cache there),
+``ewm_context.ewm_states``); off with gradient checkpointing (transformers drops the cache there),
 ``source_layer != -1`` or ``AffectVerseModel.share_prefix = False``.
 
 ``decoder`` below is the composed model's ``_decoder`` (``thinker_io.decode`` on its thinker).
@@ -44,10 +41,10 @@ def prefix_columns(s: StepPlan, e: EWMConfig, enabled: bool, min_prefix: int) ->
     past = uses_past_pass(s, e)
     if past:
         align_past(s, has_av)
-    n0 = agreement(s.plan0, s.plan, has_av, _same_table(s, "plan0"))
+    n0 = agreement(s.plan0, s.plan, has_av)
     head = n0
     if past:  # the head's states serve both passes: none past the columns where the past pass still agrees
-        head = agreement(s.plan_past, s.plan, has_av, _same_table(s, "plan_past"))
+        head = agreement(s.plan_past, s.plan, has_av)
         n0 = min(n0, head)
     return (n0, head) if head >= min_prefix else (0, 0)
 
@@ -58,7 +55,7 @@ def align_past(s: StepPlan, has_av: torch.Tensor) -> None:
     state, and no extra pass is needed for the longer rows (the rows' lengths vary mostly by A/V, so
     the batch hardly widens)."""
     n = s.plan_past.attention_mask.sum(1)
-    prefix_ok = agreement_rows(s.plan_past, s.plan, _same_table(s, "plan_past")) >= n
+    prefix_ok = agreement_rows(s.plan_past, s.plan) >= n
     if not bool((prefix_ok | ~has_av).all()):
         return
     offsets = torch.where(has_av, int(n[has_av].max()) - n, 0) if bool(has_av.any()) else torch.zeros_like(n)
@@ -76,7 +73,7 @@ def shared_passes(decoder: Callable, ewm: EmotionWorldModule, s: StepPlan, e: EW
     dev = s.embeds.device
     grad = context_grad(s, e)
     cols = slice(0, head)
-    x_a = inj.gather_embeddings(s.plan, s.table("plan"), None, cols)
+    x_a = inj.gather_embeddings(s.plan, s.embeds, None, cols)
     mask2 = s.plan.attention_mask.to(dev)
     h_a, cache = decoder(x_a, mask2[:, cols], s.plan.position_ids[:, :, cols].to(dev), cache=thinker_io.new_cache())
     past = uses_past_pass(s, e)
@@ -84,54 +81,43 @@ def shared_passes(decoder: Callable, ewm: EmotionWorldModule, s: StepPlan, e: EW
     # full-observation states: the shared n0 columns, then the rest of plan0 from the cache cropped there
     h0 = (h_a if grad and not past else h_a.detach())[:, :n0]
     if s.plan0.source.shape[1] > n0:
-        h0 = torch.cat([h0, _continue(decoder, s, "plan0", cache, n0, mask2, grad and not past)], dim=1)
+        h0 = torch.cat([h0, _continue(decoder, s, s.plan0, cache, n0, mask2, grad and not past)], dim=1)
     h_past = None
     if past:  # the past pass is the modified sequence's prefix; longer rows continue past `head`
         h_past = h_ctx
         if s.plan_past.source.shape[1] > head:
-            h_past = torch.cat([h_past, _continue(decoder, s, "plan_past", cache, head, mask2, grad)], dim=1)
+            h_past = torch.cat([h_past, _continue(decoder, s, s.plan_past, cache, head, mask2, grad)], dim=1)
     ewm_out = run_ewm(ewm, s, h0, h_past, generator)
     tail = prepared(s, ewm_out, slice(head, None))
     h_b, _ = decoder(tail.inputs_embeds, tail.attention_mask, tail.position_ids, cache=cache)
     return torch.cat([h_a, h_b], dim=1), ewm_out
 
 
-def _continue(decoder: Callable, s: StepPlan, name: str, cache, n: int, mask2: torch.Tensor,
+def _continue(decoder: Callable, s: StepPlan, plan: inj.SequencePlan, cache, n: int, mask2: torch.Tensor,
               grad: bool) -> torch.Tensor:
-    """States of plan ``name`` from column ``n`` on, after the first ``n`` columns of the modified sequence's cache.
+    """States of ``plan`` from column ``n`` on, after the first ``n`` columns of the modified sequence's cache.
 
     Runs on a copy of the cache cropped to ``n`` (the modified sequence's own cache is left as it is).
     """
     dev = s.embeds.device
     rest = slice(n, None)
-    plan = getattr(s, name)
     with torch.set_grad_enabled(grad):
-        x = inj.gather_embeddings(plan, s.table(name), None, rest)
+        x = inj.gather_embeddings(plan, s.embeds, None, rest)
         mask = torch.cat([mask2[:, :n], plan.attention_mask[:, rest].to(dev)], dim=1)
         h, _ = decoder(x, mask, plan.position_ids[:, :, rest].to(dev), cache=thinker_io.cache_copy(cache, n, not grad))
     return h
 
 
-def _same_table(s: StepPlan, name: str) -> bool:
-    """Plan ``name`` gathers its embeddings from the modified sequence's table (``StepPlan.table``)."""
-    return s.table(name) is s.table("plan")
-
-
-def agreement_rows(pa: inj.SequencePlan, p2: inj.SequencePlan, same_av: bool = True) -> torch.Tensor:
-    """(B,) leading columns where ``pa`` and ``p2`` hold the same tokens (or padding in both).
-
-    ``same_av`` False: the two read their A/V embeddings from different tower passes, so no A/V column agrees.
-    """
+def agreement_rows(pa: inj.SequencePlan, p2: inj.SequencePlan) -> torch.Tensor:
+    """(B,) leading columns where ``pa`` and ``p2`` hold the same tokens (or padding in both)."""
     n = min(pa.source.shape[1], p2.source.shape[1])
     real_a, real2 = pa.attention_mask[:, :n].bool(), p2.attention_mask[:, :n].bool()
     same = (pa.orig_col[:, :n] == p2.orig_col[:, :n]) & (p2.orig_col[:, :n] >= 0) & real2 & real_a
-    if not same_av:
-        same &= (p2.kind[:, :n] != inj.VIDEO) & (p2.kind[:, :n] != inj.AUDIO)
     return (same | (~real_a & ~real2)).long().cumprod(1).sum(1)
 
 
-def agreement(pa: inj.SequencePlan, p2: inj.SequencePlan, has_av: torch.Tensor, same_av: bool = True) -> int:
+def agreement(pa: inj.SequencePlan, p2: inj.SequencePlan, has_av: torch.Tensor) -> int:
     """Leading columns where ``pa`` holds the same tokens as ``p2`` in every row with A/V (``pa``'s rows
-    without A/V are never read), at most the narrower plan's width (``same_av``: see :func:`agreement_rows`)."""
+    without A/V are never read), at most the narrower plan's width."""
     n = min(pa.source.shape[1], p2.source.shape[1])
-    return int(torch.where(has_av, agreement_rows(pa, p2, same_av), n).min())
+    return int(torch.where(has_av, agreement_rows(pa, p2), n).min())

@@ -8,9 +8,11 @@ Pure functions of (batch tensors, config, generator): no model, no decoder, noth
 - ``plan``: the modified sequence, keep mask applied and belief tokens inserted (second pass, with grad).
 
 A plan that truncates the clip (``plan_past``; ``plan`` under the keep mask; ``plan0`` at evaluation with keep
-< 1) is listed in ``StepPlan.truncated``. Under ``ewm.context_source = "past"`` those read ``embeds_past``, the
-tower outputs of the clip cut at the keep point (``past_inputs.py``), and the others ``embeds``, the full clip's;
-under ``"full"`` every plan reads ``embeds`` (the literal Algorithm 1).
+< 1) is listed in ``StepPlan.truncated``. Every plan gathers from ``embeds``. Under ``ewm.context_source =
+"past"``, when a plan truncates, its kept A/V columns hold the tower outputs of the clip cut at the keep point
+(``past_inputs.py``) and the later columns, which only the full-observation pass reads, the full clip's: the
+full-observation pass continues exactly the past the context saw. Under ``"full"`` ``embeds`` is the full clip's
+towers throughout (the literal Algorithm 1).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ KINDS = (inj.VIDEO, inj.AUDIO)  # the EWM's modality order: [video, audio]
 class StepPlan:
     """Host bookkeeping of one batch (plans, kappa, modality use) and its embedded tokens."""
 
-    embeds: torch.Tensor | None  # (B, L, d), full-clip towers scattered in, no grad; set by the model
+    embeds: torch.Tensor | None  # (B, L, d), towers scattered in (see the module docstring), no grad; set by the model
     kappa: torch.Tensor  # (B,) float64
     training: bool
     plan: inj.SequencePlan | None = None  # the modified sequence (second pass)
@@ -48,15 +50,9 @@ class StepPlan:
     mask: torch.Tensor | None = None  # (B, L) host attention mask of the batch
     answer: torch.Tensor | None = None  # (B,) first answer column
     truncated: set[str] = field(default_factory=set)  # names of the plans that see the clip cut at kappa
-    embeds_past: torch.Tensor | None = None  # (B, L, d), the cut clip's own towers at the kept columns; set by the model
-
-    def table(self, name: str) -> torch.Tensor:
-        """The embeddings plan ``name`` ("plan", "plan0", "plan_past") gathers from: the cut clip's towers for a
-        truncated plan when the model computed them (``ewm.context_source = "past"``), else the full clip's."""
-        return self.embeds_past if self.embeds_past is not None and name in self.truncated else self.embeds
 
     def needs_full_towers(self) -> bool:
-        """Some plan reads the full clip's tower outputs (else only the cut clip's are computed)."""
+        """Some plan reads A/V tokens after the keep point (else only the cut clip's towers are needed)."""
         return any(p is not None and n not in self.truncated
                    for n, p in (("plan", self.plan), ("plan0", self.plan0), ("plan_past", self.plan_past)))
 
@@ -184,7 +180,7 @@ def context_grad(s: StepPlan, e: EWMConfig) -> bool:
 def prepared(s: StepPlan, ewm_out: EWMOutput | None, cols: slice = slice(None)) -> Prepared:
     """The modified sequence (``s.plan``) of the embedded batch, belief tokens inserted, on the embeds' device."""
     dev = s.embeds.device
-    x = inj.gather_embeddings(s.plan, s.table("plan"), ewm_out.beliefs if ewm_out is not None else None, cols)
+    x = inj.gather_embeddings(s.plan, s.embeds, ewm_out.beliefs if ewm_out is not None else None, cols)
     p = s.plan
     return Prepared(x, p.attention_mask.to(dev), p.position_ids[:, :, cols].to(dev), p.labels.to(dev),
                     p, ewm_out, s.kappa)
