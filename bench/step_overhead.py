@@ -4,6 +4,8 @@
     python bench/step_overhead.py --config launch/configs/affectverse_7b.yaml --7b-shapes  # random 7B, one GPU
     OMP_NUM_THREADS=2 python bench/step_overhead.py --config launch/configs/affectverse_7b.yaml --7b-shapes \
         --backbone DIR --steps 1 --warmup 0 --no-plain   # CPU: a make_shaped_backbone DIR (real widths, bf16)
+    OMP_NUM_THREADS=1 python bench/step_overhead.py --config launch/configs/affectverse_7b.yaml --7b-shapes \
+        --layers 2 --device cpu --batch 1 --steps 2 --warmup 1 --no-plain  # CPU: random 7B widths, decoder at 2 layers (bf16)
 
 One training step = forward + backward (no optimizer: identical for both). The
 two models share one LoRA-wrapped thinker; steps alternate baseline /
@@ -12,7 +14,9 @@ AffectVerse so drift hits both alike. Memory: autograd-saved activations
 The AffectVerse step is broken down into towers+embedding, the full-observation
 pass, EWM, host-side planning and the second pass (forward; backward is the rest).
 The EWM's other context source (the leak-free "past" default vs the literal "full",
-issue 15) runs side by side on the same weights: ``step_time_ratio_context_<other>``.
+issue 15) runs side by side on the same weights: ``step_time_ratio_context_<other>``, and
+``step_time_ratio_past_over_full`` is the cost of the past's own log-mel and tower passes on the cut clip
+(issue 24) over the full-clip towers alone.
 Target (issue 3): AffectVerse step <= 1.3x the baseline step; at 7B widths (issue 17) <= 1.2x.
 """
 from __future__ import annotations
@@ -37,6 +41,7 @@ from affectverse_ds.data.batch import (  # noqa: E402
     AUDIO_BOS_ID, AUDIO_EOS_ID, AUDIO_TOKEN_ID, IGNORE_INDEX, IM_END_ID, IM_START_ID, VIDEO_TOKEN_ID,
     VISION_BOS_ID, VISION_EOS_ID,
 )
+from affectverse_ds.data import processing  # noqa: E402
 from affectverse_ds.data.collator import EncodedSample, collate  # noqa: E402
 from affectverse_ds.memory_plan import saved_activation_bytes  # noqa: E402
 from affectverse_ds.model import affect_model as am  # noqa: E402
@@ -68,11 +73,14 @@ def synthetic_batch(b: int, seconds: float, frame_size: int, fps: float, text_le
         answer = len(ids)
         ids += text[text_len:] + [IM_END_ID]
         pixels = torch.randn(grid_t * patches * patches, 3 * 2 * 14 * 14, generator=g)
+        # the waveform rides along (the leak-free past cuts it and makes its own log-mel in the step);
+        # random features of its frame count stand in for its log-mel: the towers' cost is the same
+        wave = 0.1 * torch.randn(mel * processing.HOP_LENGTH, generator=g)
         feats = torch.randn(128, mel, generator=g)
         samples.append(EncodedSample(
             input_ids=np.array(ids, dtype=np.int64), labels=np.array([IGNORE_INDEX] * answer + ids[answer:]),
             answer_start=answer, pixel_values=pixels.numpy(), grid_thw=(grid_t, patches, patches),
-            second_per_grid=2.0 / fps, audio_features=feats.numpy(), meta={}))
+            second_per_grid=2.0 / fps, audio_features=feats.numpy(), meta={}, waveform=wave.numpy()))
     batch = collate(samples)
     del batch["meta"]
     return {k: v.to(device) for k, v in batch.items()}
@@ -93,6 +101,7 @@ class Phases:
         self.times: dict[str, float] = defaultdict(float)
         self.device = device
         self._wrap(model, "_embed", lambda *a, **k: "towers+embed")
+        self._wrap(model, "_embed_past", lambda *a, **k: "past_towers+log_mel")
         self._wrap(model, "_decoder", lambda *a, **k: "pass2_forward" if torch.is_grad_enabled() else "full_obs_pass")
         if model.ewm is not None:
             self._wrap(model.ewm, "forward", lambda *a, **k: "ewm_forward")
@@ -200,6 +209,11 @@ def compare(affect: am.AffectVerseModel, cfg: AffectVerseConfig, batches: list[d
         "context_source": cfg.ewm.context_source,
         f"step_time_ratio_context_{other_cfg.ewm.context_source}": (
             round(med[other_name] / med["baseline"], 3) if other_name in med else None),
+        # the leak-free past (its own log-mel and tower passes on the cut clip, issue 24) over the literal
+        # Algorithm 1 (full-clip towers only), same weights and batches
+        "step_time_ratio_past_over_full": (
+            round((med["affectverse"] / med[other_name]) ** (1 if cfg.ewm.context_source == "past" else -1), 3)
+            if other_name in med else None),
         "decoder_columns_per_step": columns,
         "saved_activations_mb": {k: round(v / 2**20, 2) for k, v in saved.items()},
         "saved_activation_ratio": round(saved["affectverse"] / max(saved["baseline"], 1), 3),
@@ -244,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", default=None, help="(--7b-shapes) thinker config JSON; default backbone.arch_config")
     parser.add_argument("--device", default=None, help="(--7b-shapes) override the device, e.g. cpu for a smoke run")
     parser.add_argument("--backbone", default=None, help="(--7b-shapes) a make_shaped_backbone folder, loaded in bf16")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="(--7b-shapes) decoder layers, vision and audio towers at 2 (make_shaped_backbone), bf16")
     parser.add_argument("--no-plain", action="store_true", help="skip the no-prefix-sharing variant (slow CPUs)")
     parser.add_argument("--json", default=None, help="also write the result here")
     parser.add_argument("--summary", default=None, help="record the result into DIR/summary.json (bench/gpu_check.sh)")
@@ -261,8 +277,13 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda" and not torch.cuda.is_available():
             print("step_overhead --7b-shapes: no CUDA GPU here; nothing measured (run it on a GPU machine)")
             return 0
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        thinker = random_thinker(args.arch or cfg.backbone.arch_config, device, dtype)
+        dtype = torch.bfloat16 if device.type == "cuda" or args.layers else torch.float32
+        if args.layers:  # the depth-reduced 7B: real widths, every tower and the decoder cut alike
+            from affectverse_ds.tools.make_shaped_backbone import shaped_thinker_config
+
+            thinker = thinker_from_config(shaped_thinker_config(layers=args.layers), device, dtype)
+        else:
+            thinker = random_thinker(args.arch or cfg.backbone.arch_config, device, dtype)
         model = am.assemble_model(thinker, cfg).to(dtype)
         steps = args.steps or 5
     else:

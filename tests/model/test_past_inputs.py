@@ -58,3 +58,23 @@ def test_a_clip_observed_at_keep_kappa_is_the_clip_cut_there(tiny_cfg, batch_mak
     with torch.no_grad():  # the pre-issue-24 path gathers the kept tokens from the whole clip's towers
         leaky = thinker_io.lm_head(full.core, full._prefill(batch_maker.collate(whole), kappa)[1])
     assert not torch.allclose(leaky, truncated, rtol=1e-4, atol=1e-4)
+
+
+def test_evaluation_at_keep_below_one_runs_only_the_cut_clips_towers(tiny_cfg, batch_maker):
+    """Every sequence of an evaluation at keep < 1 is truncated, so the whole clip's towers are skipped; training
+    still runs them (the full-observation pass reads the future tokens), and at keep 1 nothing is cut."""
+    model = build_model(tiny_cfg(), "cpu")
+    batch = batch_maker.make([dict(video=6, audio=60), dict(video=0, audio=70)])
+    calls = []
+    for name in ("_embed", "_embed_past"):
+        fn = getattr(model, name)
+        setattr(model, name, lambda *a, _fn=fn, _name=name, **k: calls.append(_name) or _fn(*a, **k))
+    with torch.no_grad():
+        model.eval()._prefill(batch, 0.5)
+        assert calls == ["_embed_past"]
+        calls.clear()
+        model.eval()._prefill(batch, 1.0)
+        assert calls == ["_embed"]
+        calls.clear()
+        model.train()(batch, kappa=0.5)
+        assert calls == ["_embed", "_embed_past"]
