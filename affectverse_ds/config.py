@@ -103,7 +103,8 @@ class EWMConfig:
     source_layer: int = -1  # hidden-state layer feeding the EWM (-1: last)
     context: Literal["full", "self", "cross"] = "full"
     # where the EWM's past (context) states come from in training and in the Table 8 trace:
-    # "past": a pass over the truncated sequence (no past token of either modality sees a future token);
+    # "past": a pass over the truncated sequence, its A/V tokens from towers run on the clip cut at the keep point
+    # (model/past_inputs.py; no past state of either modality depends on the future, raw inputs included);
     # "full": the full-observation pass, the literal reading of Algorithm 1 (audio-past states have seen
     # the future video, since video precedes audio). Future targets come from the full pass either way.
     context_source: Literal["past", "full"] = "past"
