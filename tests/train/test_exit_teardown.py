@@ -21,11 +21,14 @@ import pytest
 
 from affectverse_ds.distributed import free_port
 
-pytestmark = pytest.mark.slow  # ~20 launches of two ranks
+pytestmark = pytest.mark.slow  # a few launches of two ranks
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("end_of_run.py")
-LAUNCHES = int(os.environ.get("AFFECTVERSE_EXIT_LAUNCHES", "20"))
+# 4 by default: the check that bites is the teardown state each launch reports (the old order fails it every
+# launch), not the rare abort itself, which 20 launches would catch ~30% of the time (measured: 20 of 20 clean
+# in 654 s on the loaded 2-core machine); AFFECTVERSE_EXIT_LAUNCHES=20 repeats it more
+LAUNCHES = int(os.environ.get("AFFECTVERSE_EXIT_LAUNCHES", "4"))
 ABORTS = ("terminate called", "Aborted", "core dumped", "Traceback", "exitcode  :")
 
 
