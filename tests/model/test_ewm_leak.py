@@ -1,5 +1,12 @@
 """The EWM imagines from the past alone: perturbing only future tokens leaves every context state it reads
-bit-identical and changes its targets; the literal Algorithm 1 (context_source=full) fails that check."""
+bit-identical and changes its targets; the literal Algorithm 1 (context_source=full) fails that check.
+
+The raw-input tests below (issue 24) perturb future pixels, future waveform samples and the future's length
+instead of tower outputs, and check the context states, the belief tokens and the answer logits of the
+training step, of evaluation at keep < 1 and of the imagination trace bit for bit. Before issue 24 the past
+pass gathered its A/V tokens from towers run on the whole clip, and the waveform and length perturbations
+failed there (every audio context state, the beliefs and the answer logits moved); the pixel one passed, since
+the vision tower attends within each 2-frame group."""
 from __future__ import annotations
 
 import pytest
