@@ -1,5 +1,7 @@
 """Reading benchmarks from disk: the MER-UniBench processed layout and helpers the official layouts share.
 
+Over 400 lines: every official layout's scanner calls these helpers (media index, names, duplicates, rejections).
+
 A scanner turns ``(root, split)`` into one :class:`RawItem` per annotated item of that
 split. Nothing disappears: an item whose label, media or name is unusable comes back
 with ``reject`` set to a one-line reason, so the builder's manifest can account for

@@ -8,7 +8,8 @@ be inserted into the LLM sequence, the imagination loss and evaluation metrics.
 
 Pipeline per sample (Algorithm 1, lines 5-12):
     Z_m = W_m H_m                                   bottleneck, Eq. 2
-    past/future split at T_p,m = floor(kappa L_m)   Eq. 11 (:func:`split_points`)
+    past/future split at T_p,m = floor(kappa L_m)   Eq. 11 (:func:`split_points`; audio with its waveform:
+        the tokens of its first floor(kappa n) samples, ``injection.keep_counts``)
     Y_m(1..S) = rollout of the imagination module   Eqs. 3-5, 13-16
     L_img = MSE + 0.5 (1 - cos) vs pooled future    Eqs. 5, 21
     b = MAMA(queries, [Y_v ; Y_a] + E_type)         Eqs. 6-7, 17-19
