@@ -10,7 +10,7 @@ from affectverse_ds.benchmarks.layouts import (
     ProcessedLayout, entry_value, finish, index_media, mark_duplicates, missing_media, register_processed,
     reject, shown,
 )
-from affectverse_ds.benchmarks.text_files import read_text
+from affectverse_ds.benchmarks.text_files import LINE_LIMIT, LongLine, physical_lines
 
 log = logging.getLogger(__name__)
 
@@ -75,34 +75,55 @@ def four_way_label(category: str, name: str) -> tuple[Label | None, str | None]:
     return None, f"{name}: unknown IEMOCAP category {category!r}"
 
 
-def read_transcription(path: Path) -> dict[str, str]:
-    """``utterance id -> text`` of one dialog's transcription file (lines without a time stamp are skipped)."""
+def too_long(path: Path, number: int, line: LongLine) -> str:
+    return f"{path.name} line {number}: line of {line.length} characters is over the {LINE_LIMIT}-character limit"
+
+
+def read_transcription(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(``utterance id -> text``, ``utterance id -> why its line is unreadable``) of one dialog's transcription
+    file (lines without a time stamp are skipped). Read one bounded line at a time: an over-limit line is streamed
+    past (``text_files.physical_lines``) and its utterance, named by the line's start, gets the reason."""
     if not path.is_file():
-        return {}
+        return {}, {}
     out: dict[str, str] = {}
-    for line in read_text(path).splitlines():
+    problems: dict[str, str] = {}
+    for number, line in enumerate(physical_lines(path), 1):
+        if isinstance(line, LongLine):
+            name = line.head.split(maxsplit=1)[0] if line.head.strip() else ""
+            if name:
+                problems.setdefault(name, f"transcript unreadable: {too_long(path, number, line)}")
+            else:
+                log.warning("%s", too_long(path, number, line))
+            continue
         match = _TRANSCRIPT_LINE.match(line.strip())
         if match:
             out.setdefault(match[1], match[2].strip())
-    return out
+    return out, problems
 
 
 def _evaluation_items(
-    path: Path, split: str, video: Path | None, texts: dict[str, str], video_dir: str,
+    path: Path, split: str, video: Path | None, texts: tuple[dict[str, str], dict[str, str]], video_dir: str,
 ) -> list[RawItem]:
-    """The summary lines (``[start - end]  id  cat  [V, A, D]``) of one EmoEvaluation file as items."""
+    """The summary lines (``[start - end]  id  cat  [V, A, D]``) of one EmoEvaluation file as items, read one
+    bounded line at a time; a summary line over the limit is parsed from its first characters and rejected."""
     items = []
-    for line in read_text(path).splitlines():
+    texts, text_problems = texts
+    for number, physical in enumerate(physical_lines(path), 1):
+        line = physical.head if isinstance(physical, LongLine) else physical.rstrip("\r\n")
         if not line.startswith("["):
             continue  # annotator lines (C-E1:, A-E3: ...) and the % header
         match = _EVAL_LINE.match(line)
         if match is None:
-            log.warning("%s: unreadable evaluation line %r", path, line)
+            log.warning("%s: unreadable evaluation line %d %r", path, number, line[:200])
             continue
         start, end, name, category = match.groups()
         label, reason = four_way_label(category, name)
         item = RawItem(name=name, split=split, label=label, reject=reason, video=video,
                        subtitle=texts.get(name, ""), crop=speaker_crop(name))
+        if isinstance(physical, LongLine):
+            reject(item, f"label row unreadable: {too_long(path, number, physical)}")
+        if name in text_problems:
+            reject(item, text_problems[name])
         try:
             item.segment = (float(start), float(end))
         except ValueError:
