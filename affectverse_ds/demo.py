@@ -257,7 +257,7 @@ def three_way(results: Path, process_dir: Path, wheel_dir: Path, labels: dict[st
         s = {row: runs[(labels[row], kappa)]["score"] for row in "abf"}
         diffs = {base: paired_score_interval(bench, gold, predictions("f", kappa), predictions(base, kappa), ctx)
                  for base in "ba"}
-        cell = {base: f"{d:+6.2f} [{lo:+6.2f}, {hi:+6.2f}]" for base, (d, lo, hi) in diffs.items()}
+        cell = {base: f"{d:+6.2f} [{lo:+.2f}, {hi:+.2f}]" for base, (d, lo, hi) in diffs.items()}
         lines.append(f"{kappa:>5.1f} {s['a']:>9.2f} {s['b']:>14.2f} {s['f']:>16.2f}   {cell['b']:>24}   {cell['a']:>24}")
         d, lo, hi = diffs["b"]
         if lo > 0:
@@ -270,7 +270,7 @@ def three_way(results: Path, process_dir: Path, wheel_dir: Path, labels: dict[st
     return lines + [""] + verdicts + [
         "These intervals cover which test clips were drawn, not training noise: one seed per arm. Whether the",
         "EWM helps beyond keep-mask training is answered over seeds by python -m affectverse_ds.experiments.ablation",
-        "(docs/ewm_evidence.md)."]
+        "(docs/ablation.md)."]
 
 
 def main(argv: list[str] | None = None) -> int:
