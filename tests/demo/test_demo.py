@@ -12,8 +12,8 @@ as a hit on most sad clips). Measured on 2 cores with the leak-free context (202
 in 11.5 min while other tests ran. (Before it, 57.75 and 45.50; an earlier, shorter recipe, 3 epochs with less
 modality dropout, ended at a constant answer, HIT 21.)
 Row (b), keep-mask training without the EWM, is the control and carries no learning bar here: it only ever
-trains on clips cut at kappa < 1, and at full observation it falls well behind (b) at the full recipe: 45-52
-against 75-83 for (a) over 5 seeds, docs/ablation.md; 24.5 in this shortened run). The test checks that it
+trains on clips cut at kappa < 1, and at full observation it falls well behind at the full recipe (means over
+seeds 0-4: 49.9 against 74.0 for (a), docs/ablation.md; 24.5 in this shortened run). The test checks that it
 trained, was evaluated in every setting and stands in the printed three-way table.
 The 2x-chance checks per modality setting are printed by `make demo`.
 """
