@@ -184,7 +184,8 @@ def prepare_data(art: Path, n_train: int, n_test: int, seed: int) -> tuple[Path,
 def train(tag: str, shards: Path, runs: Path, extra: list[str], logs: Path) -> Path:
     out = runs / tag
     _run([*DEEPSPEED, "--num_gpus", str(RANKS), "--master_port", str(free_port()),
-          "--module", "affectverse_ds.launch.train", "--ds", str(DS_CONFIG), "--config", str(CONFIG), f"data.shard_dir={shards}", f"train.out_dir={out}", *extra], logs / f"train_{tag}.log",
+          "--module", "affectverse_ds.launch.train", "--ds", str(DS_CONFIG), "--config", str(CONFIG),
+          f"data.shard_dir={shards}", f"train.out_dir={out}", *extra], logs / f"train_{tag}.log",
          Progress(f"train {tag}"))
     from affectverse_ds.train.checkpoint import latest_checkpoint
 
@@ -316,11 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _labels(results: Path) -> dict[str, str]:
-    """Table 3 row -> the evaluated model's label (evaluate labels checkpoints ``<run folder>@<step>``)."""
+def _labels(results: Path, rows=None) -> dict[str, str]:
+    """Table 3 row -> the evaluated model's label (evaluate labels checkpoints ``<run folder>@<step>``), for
+    ``rows`` ({row: (run folder, ...)}; default :data:`ARMS`)."""
     models = {r["model"] for r in json.loads((results / "affectdyn.json").read_text())["runs"]}
     labels = {}
-    for row, (tag, _, _) in ARMS.items():
+    for row, (tag, *_) in (ARMS if rows is None else rows).items():
         found = [m for m in models if m.split("@")[0] == tag]
         if len(found) != 1:
             raise SystemExit(f"expected one evaluated model of run {tag}, found {sorted(models)}")

@@ -164,14 +164,11 @@ def collect(raw: dict, results: Path, ckpts: dict, seed: int, process_dir: Path,
     """One seed's evaluation into ``raw`` ({arm: {seed: {"score": {k: s}, "hits": {k: {clip: [..]}},
     "fidelity": ...}}}; keep ratios as strings, the JSON form)."""
     runs = json.loads((results / "affectdyn.json").read_text())["runs"]
-    labels = sorted({r["model"] for r in runs})
+    labels = demo._labels(results, {arm: ARMS[arm] for arm in ckpts})
     for arm, ckpt in ckpts.items():
-        found = [lb for lb in labels if lb.split("@")[0] == ARMS[arm][0]]  # labelled by run folder
-        if len(found) != 1:
-            raise SystemExit(f"cannot tell which evaluated model is arm {arm}: {labels}")
         entry = raw.setdefault(arm, {}).setdefault(str(seed), {"score": {}, "hits": {}})
         for r in runs:
-            if r["model"] != found[0] or r["modality"] != "avt":
+            if r["model"] != labels[arm] or r["modality"] != "avt":
                 continue
             k = f"{float(r['keep_ratio']):g}"
             predictions = Path(r["predictions_file"])
