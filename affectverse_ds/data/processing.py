@@ -147,10 +147,11 @@ MIN_AUDIO_SAMPLES = 2 * HOP_LENGTH + 1
 
 
 def audio_keep_samples(kappa: float, n_samples: int) -> int:
-    """The keep point of a waveform at keep ratio ``kappa``, in samples: ``floor(kappa * n)`` (float64, the
-    rounding of ``model.ewm.split_points``), at least :data:`MIN_AUDIO_SAMPLES` so one token is kept, at most
-    ``n``. The observed past is the waveform's first ``audio_keep_samples`` samples and its token count is
-    :func:`audio_token_count` of them: exactly what the collator makes of a clip cut there.
+    """The keep point of a waveform at keep ratio ``kappa``, in samples: ``floor(kappa * n)`` (float64; at one
+    sample the floor's bias is nothing, unlike at ``model.ewm.split_points``' whole units), at least
+    :data:`MIN_AUDIO_SAMPLES` so one token is kept, at most ``n``. The observed past is the waveform's first
+    ``audio_keep_samples`` samples and its token count is :func:`audio_token_count` of them: exactly what the
+    collator makes of a clip cut there.
     """
     return min(n_samples, max(math.floor(float(kappa) * n_samples), MIN_AUDIO_SAMPLES))
 

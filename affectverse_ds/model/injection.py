@@ -7,12 +7,12 @@ composition then gathers embeddings with one index (``plan.source``).
 
 Rules:
 * A/V regions are maximal runs of ``<|VIDEO|>`` / ``<|AUDIO|>`` placeholders.
-  The keep mask keeps the first ``split_points(kappa, n_units) * unit`` tokens of each, where a unit is a
-  temporal patch group for video (``grid_h * grid_w / merge^2`` tokens: whole 2-frame groups are kept or
-  dropped, never part of one's spatial rows) and one token for audio; an audio region whose waveform length
-  is known is cut in samples instead (``processing.audio_keep_samples``) and keeps the tokens the collator
-  would make of the clip cut there (``processing.audio_token_count``), the count ``past_inputs.py``'s own
-  tower pass produces.
+  The keep mask keeps the first ``split_points(kappa, n_units) * unit`` tokens of each (kappa of the units,
+  rounded to the nearest), where a unit is a temporal patch group for video (``grid_h * grid_w / merge^2``
+  tokens: whole 2-frame groups are kept or dropped, never part of one's spatial rows) and one token for
+  audio; an audio region whose waveform length is known is cut in samples instead
+  (``processing.audio_keep_samples``) and keeps the tokens the collator would make of the clip cut there
+  (``processing.audio_token_count``), the count ``past_inputs.py``'s own tower pass produces.
 * Belief tokens: the first half right after the last (kept) A/V token, the
   second half right before the first answer token (after ``<|im_start|>assistant\\n``);
   with ``positions=1`` all of them before the answer. Labels -100, attention 1.

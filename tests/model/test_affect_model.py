@@ -151,8 +151,8 @@ def test_export_hooks_and_imagination_trace(tiny_cfg, batch_maker, tmp_path):
     assert (tmp_path / "lora" / "adapter_config.json").is_file()
     batch = batch_maker.make([dict(video=6, audio=60), dict(video=0, audio=30), dict(video=0, audio=0)])
     trace = model.imagination_trace(batch, kappa=0.5)
-    # 6 frames = 3 temporal groups of 4 tokens: kappa 0.5 keeps floor(1.5) = 1 whole group
-    assert trace.lengths[0].tolist() == [12, 0, 0] and trace.split[0].tolist() == [4, 0, 0]
+    # 6 frames = 3 temporal groups of 4 tokens: kappa 0.5 keeps 1.5 rounded = 2 whole groups
+    assert trace.lengths[0].tolist() == [12, 0, 0] and trace.split[0].tolist() == [8, 0, 0]
     assert trace.use[1].tolist() == [True, True, False]
     assert trace.imagined[0].shape == (3, 3, 4, 64)
     assert torch.isfinite(trace.imagined[1]).all()

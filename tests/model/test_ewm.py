@@ -41,7 +41,19 @@ def test_pooling_matrix_equals_adaptive_avg_pool1d():
 def test_split_points():
     k = torch.tensor([0.7, 0.7, 0.99, 1.0, 0.5, 0.7], dtype=torch.float64)
     n = torch.tensor([10, 1, 3, 7, 0, 3])
-    assert split_points(k, n).tolist() == [7, 1, 2, 7, 0, 2]
+    assert split_points(k, n).tolist() == [7, 1, 3, 7, 0, 2]  # 0.99 of 3 units rounds to all of them
+
+
+def test_kept_fraction_of_whole_units_follows_kappa():
+    """Training's kappa ~ U[0.7, 1) over clips of 4-12 video groups (4-8 s at 3 FPS): the kept fraction has
+    kappa's mean and reaches a whole clip. The floor kept 0.788 on average and never more than 11/12."""
+    g = torch.Generator().manual_seed(0)
+    kappa = 0.7 + 0.3 * torch.rand(20000, generator=g, dtype=torch.float64)
+    groups = torch.randint(4, 13, (20000,), generator=g)
+    kept = split_points(kappa, groups).double() / groups
+    assert abs(float(kept.mean()) - float(kappa.mean())) < 0.01
+    assert float((kept - kappa).abs().max()) <= 0.5 / 4 + 1e-12  # within half a unit
+    assert float((kept == 1).double().mean()) > 0.1
 
 
 def test_img_loss_equals_hand_computation_and_targets_carry_no_gradient():

@@ -113,7 +113,7 @@ def test_future_video_frames_do_not_reach_the_context_through_the_vision_tower(t
         pixels = batch["pixel_values_videos"].clone()
         start = 0
         for t, h, w in batch["video_grid_thw"].tolist():
-            keep = max(int(KAPPA * t), 1)
+            keep = max(int(KAPPA * t + 0.5), 1)
             pixels[start + keep * h * w:start + t * h * w] += 3.0  # the later temporal groups only
             start += t * h * w
         ctx1, tgt1 = _context_and_targets(_ewm_reads(model, dict(batch, pixel_values_videos=pixels), None, "train"))
@@ -173,7 +173,7 @@ def _raw_samples(batch_maker, kappa: float, perturb: str) -> list[dict]:
             s = long
         elif perturb == "pixels" and "grid" in s:
             t, h, w = s["grid"]
-            kept = max(int(kappa * t), 1) * h * w  # whole temporal groups, as the keep mask cuts them
+            kept = max(int(kappa * t + 0.5), 1) * h * w  # whole temporal groups, as the keep mask cuts them
             s["pixels"][kept:] += 3.0
         elif perturb == "waveform" and "wave" in s:
             cut = processing.audio_keep_samples(kappa, s["wave"].shape[0])

@@ -83,7 +83,7 @@ def test_keep_mask_and_belief_placement(samples, pad, positions, n_base):
         src_real = torch.nonzero(mask[i]).squeeze(1)
         is_av = (ids[i, src_real] == VIDEO_TOKEN_ID) | (ids[i, src_real] == AUDIO_TOKEN_ID)
         assert set(src_real[~is_av].tolist()) <= set(cols.tolist())
-        # audio keeps exactly its first max(1, floor(kappa L)) tokens; video its first max(1, floor(kappa t))
+        # audio keeps exactly its first max(1, kappa L rounded) tokens; video its first max(1, kappa t rounded)
         # whole temporal patch groups (h * w tokens each): never part of a group's spatial rows
         dropped = 0
         for r in regions[i]:
@@ -91,10 +91,10 @@ def test_keep_mask_and_belief_placement(samples, pad, positions, n_base):
             if r.kind == inj.VIDEO:
                 t, h, w = s["video"]
                 assert r.unit == h * w
-                k = min(max(math.floor(s["kappa"] * t), 1), t) * h * w
+                k = min(max(math.floor(s["kappa"] * t + 0.5), 1), t) * h * w
             else:
                 assert r.unit == 1
-                k = min(max(math.floor(s["kappa"] * n), 1), n)
+                k = min(max(math.floor(s["kappa"] * n + 0.5), 1), n)
             kept = cols[(cols >= r.start) & (cols < r.end)]
             assert kept.tolist() == list(range(r.start, r.start + k))
             dropped += n - k

@@ -38,7 +38,7 @@ def test_a_clip_observed_at_keep_kappa_is_the_clip_cut_there(tiny_cfg, batch_mak
     whole, cut = [], []
     for i, spec in enumerate(specs):
         s = batch_maker.sample(**spec, seed=i)
-        groups = max(int(np.floor(kappa * (spec["video"] // 2))), 1) if spec["video"] else 0
+        groups = max(int(np.floor(kappa * (spec["video"] // 2) + 0.5)), 1) if spec["video"] else 0
         n = processing.audio_keep_samples(kappa, s["wave"].shape[0])
         c = batch_maker.sample(video=2 * groups, audio=processing.audio_feature_length(n), seed=i)
         if groups:

@@ -118,9 +118,9 @@ def test_full_observation_counts_and_belief_tokens_without_truncation():
 def test_training_split_keeps_whole_video_groups_and_orders_kept_tokens_first():
     cfg = _cfg("ewm.modality_dropout=0.0")
     s = _plan(_batch(), cfg, kappa=0.5)
-    # 3 groups of 4 tokens at 0.5: floor(1.5) = 1 group; 2 groups: 1; audio 10 -> 5, 7 -> 3
-    assert [t.tolist() for t in s.split] == [[4, 4, 0, 0], [5, 0, 3, 0]]
-    assert s.plan.n_dropped.tolist() == [8 + 5, 4, 4, 0]  # the keep mask is on in training
+    # 3 groups of 4 tokens at 0.5: 1.5 rounds to 2 groups; 2 groups: 1; audio 10 -> 5, 7 -> 3.5 rounds to 4
+    assert [t.tolist() for t in s.split] == [[8, 4, 0, 0], [5, 0, 4, 0]]
+    assert s.plan.n_dropped.tolist() == [4 + 5, 4, 3, 0]  # the keep mask is on in training
     assert s.plan_past is not None
     for m in range(2):
         for i in range(4):
