@@ -195,6 +195,21 @@ def train(tag: str, shards: Path, runs: Path, extra: list[str], logs: Path) -> P
     return ckpt
 
 
+def evaluate(checkpoints: list[Path], shards: Path, wheel_dir: Path, results: Path, modalities: str, keep: str,
+             log: Path, progress: Progress | None = None, *flags: str) -> None:
+    """The evaluation entry point over ``checkpoints`` on affectdyn's test shards in rank mode, into ``results``."""
+    _run([*TORCHRUN, "--nproc_per_node", str(RANKS), "--master_port", str(free_port()),
+          "-m", "affectverse_ds.launch.evaluate", "--checkpoint", *map(str, checkpoints), "--config", str(CONFIG),
+          "--benchmarks", "affectdyn", "--modality", modalities, "--keep-ratio", keep, "--mode", "rank", *flags,
+          "--out", str(results), f"data.shard_dir={shards}", f"eval.wheel_dir={wheel_dir}"], log, progress)
+
+
+def predictions_path(results: Path, run: dict) -> Path:
+    """A run's predictions file (``affectdyn.json`` names it relative to the results folder, or absolute)."""
+    path = Path(run["predictions_file"])
+    return path if path.is_absolute() else results / path
+
+
 def chance_level(process_dir: Path, wheel_dir: Path) -> float:
     """Expected HIT rate (%) of a uniformly random class guess: the mean score of the six constant predictions."""
     from affectverse_ds.benchmarks import get_benchmark
@@ -244,8 +259,7 @@ def three_way(results: Path, process_dir: Path, wheel_dir: Path, labels: dict[st
             if r["modality"] == "avt"}
 
     def predictions(row: str, kappa: float):
-        path = Path(runs[(labels[row], kappa)]["predictions_file"])
-        return read_predictions(path if path.is_absolute() else results / path)
+        return read_predictions(predictions_path(results, runs[(labels[row], kappa)]))
 
     lines = [f"Table 3 rows on affectdyn, A+V+T, HIT (one training seed; [95% paired bootstrap over the "
              f"{len(gold.labels)} test clips, {RESAMPLES} resamples])",
@@ -296,13 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     process_dir, shards = prepare_data(art, n_train, n_test, args.seed)
     ckpts = {row: train(tag, shards, runs, extra, logs) for row, (tag, _, extra) in ARMS.items()}
     results = runs / "results"
-    _run([*TORCHRUN, "--nproc_per_node", str(RANKS), "--master_port", str(free_port()), "-m",
-          # the last checkpoint is the fixed one the summary's Tables 1, 2 and 8 describe: AffectVerse
-          "affectverse_ds.launch.evaluate", "--checkpoint", *(str(ckpts[row]) for row in ("b", "a", "f")),
-          "--config", str(CONFIG),
-          "--benchmarks", "affectdyn", "--modality", "avt,at,vt", "--keep-ratio", "1.0,0.5,0.3",
-          "--mode", "rank", "--out", str(results), f"data.shard_dir={shards}",
-          f"eval.wheel_dir={wheel_dir}"], logs / "evaluate.log", Progress("evaluate", eval_total=len(ARMS) * 3))
+    # the last checkpoint is the fixed one the summary's Tables 1, 2 and 8 describe: AffectVerse
+    evaluate([ckpts[row] for row in ("b", "a", "f")], shards, wheel_dir, results, "avt,at,vt", "1.0,0.5,0.3",
+             logs / "evaluate.log", Progress("evaluate", eval_total=len(ARMS) * 3))
     print("\n" + (results / "summary.md").read_text())
     labels = _labels(results)
     for line in checks(results, chance_level(process_dir, wheel_dir), labels):

@@ -132,11 +132,8 @@ def run(args: argparse.Namespace) -> dict:
             spec = {"checkpoints": [str(c) for c in ckpts.values()], "keep_ratios": keep, "wheels": str(wheel_dir)}
             if trained or reusable(results, spec, needs_checkpoint=False) is None:  # ... and their evaluation
                 shutil.rmtree(results, ignore_errors=True)
-                demo._run([*demo.TORCHRUN, "--nproc_per_node", "2", "--master_port", str(demo.free_port()),
-                           "-m", "affectverse_ds.launch.evaluate", "--checkpoint", *spec["checkpoints"],
-                           "--config", str(demo.CONFIG), "--benchmarks", "affectdyn", "--modality", "avt",
-                           "--keep-ratio", keep, "--mode", "rank", "--no-probe", "--out", str(results),
-                           f"data.shard_dir={shards}", f"eval.wheel_dir={wheel_dir}"], base / "logs" / "evaluate.log")
+                demo.evaluate(list(ckpts.values()), shards, wheel_dir, results, "avt", keep,
+                              base / "logs" / "evaluate.log", None, "--no-probe")
                 write_spec(results, spec)
             collect(raw.setdefault(variant, {}), results, ckpts, seed, process_dir, shards, wheel_dir, args)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,10 +168,8 @@ def collect(raw: dict, results: Path, ckpts: dict, seed: int, process_dir: Path,
             if r["model"] != labels[arm] or r["modality"] != "avt":
                 continue
             k = f"{float(r['keep_ratio']):g}"
-            predictions = Path(r["predictions_file"])
             entry["score"][k] = float(r["score"])
-            entry["hits"][k] = clip_hits(process_dir, predictions if predictions.is_absolute()
-                                         else results / predictions, wheel_dir)
+            entry["hits"][k] = clip_hits(process_dir, demo.predictions_path(results, r), wheel_dir)
         if arm in EWM_ARMS:
             fid = clip_fidelity(ckpt, str(demo.CONFIG), [f"data.shard_dir={shards}"], args.keep_ratios)
             entry["fidelity"] = {f"{k:g}": v for k, v in fid.items()}

@@ -7,12 +7,12 @@ is the clip-wide maximum - 8). The EWM's context (past tokens of both modalities
 past pass, whose sequence holds only the kept (past) A/V tokens, embedded by towers that saw only the clip
 cut at the keep point (``past_inputs.py``: the waveform's own log-mel and audio-tower pass, the kept frame
 groups' own vision-tower pass); the targets (future tokens) come from the full-observation pass under
-stop-gradient, over that same past followed by the future tokens of the full clip's towers. Every context state, and so the belief tokens, is then a function of the cut clip alone
-(``tests/model/test_ewm_leak.py`` perturbs future pixels, future samples and the future's length and checks
-them bit for bit; the loader's frame sampling and audio cap are decided on the whole clip, see
-``past_inputs.py``). ``ewm.context_source = "full"`` reads both from the full pass over the full-clip
-towers (the literal Algorithm 1). The EWM sees each modality as [past tokens ; future tokens] with T_p = the
-kept count.
+stop-gradient, over that same past followed by the future tokens of the full clip's towers. Every context
+state, and so the belief tokens, is then a function of the cut clip alone (``tests/model/test_ewm_leak.py``
+perturbs future pixels, future samples and the future's length and checks them bit for bit; the loader's
+frame sampling and audio cap are decided on the whole clip, see ``past_inputs.py``).
+``ewm.context_source = "full"`` reads both from the full pass over the full-clip towers (the literal
+Algorithm 1). The EWM sees each modality as [past tokens ; future tokens] with T_p = the kept count.
 
 This is the one place that decides where the EWM's inputs come from; the shared-prefix optimisation
 (``shared_prefix.py``) computes the same two state tensors from one KV cache and hands them to

@@ -170,3 +170,21 @@ def test_clip_fidelity_is_evaluations_probe_per_clip():
                 if name in per[stream][pname]["cos"]:
                     assert per[stream][pname]["cos"][name] == pytest.approx(float(cos[i].mean()), abs=1e-6)
                     assert per[stream][pname]["mse"][name] == pytest.approx(float(mse[i].mean()), abs=1e-6)
+
+
+def test_the_evaluation_command_is_the_demos_in_one_setting_without_probes(monkeypatch, tmp_path):
+    """The ablation and the demo share one evaluation command (``demo.evaluate``): the ablation's asks for A+V+T
+    only, every keep ratio and no Table 8 probe (it measures fidelity per clip itself)."""
+    from affectverse_ds import demo
+
+    calls = []
+    monkeypatch.setattr(demo, "_run", lambda cmd, log, progress=None: calls.append(cmd))
+    demo.evaluate([Path("/c/a"), Path("/c/b")], Path("/shards"), Path("/wheels"), tmp_path / "res", "avt",
+                  "1,0.5", tmp_path / "log", None, "--no-probe")
+    cmd = calls[0]
+    assert cmd[:3] == demo.TORCHRUN and "affectverse_ds.launch.evaluate" in cmd and "--no-probe" in cmd
+    for flag, value in (("--modality", "avt"), ("--keep-ratio", "1,0.5"), ("--mode", "rank"),
+                        ("--out", str(tmp_path / "res")), ("--nproc_per_node", str(demo.RANKS))):
+        assert cmd[cmd.index(flag) + 1] == value
+    assert cmd[cmd.index("--checkpoint") + 1:cmd.index("--checkpoint") + 3] == ["/c/a", "/c/b"]
+    assert "data.shard_dir=/shards" in cmd and "eval.wheel_dir=/wheels" in cmd

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from affectverse_ds.tools.fixture_shards import write_test_shards
-from tests.support.launch import LAUNCHER_VARS  # noqa: F401 (training tests import it from here too)
+from tests.support.launch import LAUNCHER_VARS
 
 REPO = Path(__file__).resolve().parents[2]
 
