@@ -1,7 +1,7 @@
 """Oversized media made from code in seconds: hours of near-silent audio in a few MB.
 
 :func:`long_flac` is a FLAC member of hours; :func:`long_audio_clip` a short video whose audio track runs for
-hours. The adversarial corpus (``tests/adversarial/corpus.py``) and ``bench/hostile_memory.py`` both build
+hours. The adversarial corpus (``tests/support/corpus.py``) and ``bench/hostile_memory.py`` both build
 their memory cases from these (the benchmarks do not import tests).
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The adversarial corpus (issue #18) through every reader: no kind of bad input crashes anything, every
 failure is one line, and every input is accounted for (accepted + rejected == input; skips counted and logged).
 
-The corpus itself is ``tests/adversarial/corpus.py``; the figures in README's "Reliability" section come
+The corpus itself is ``tests/support/corpus.py``; the figures in README's "Reliability" section come
 from this file (``python -m pytest tests/adversarial -m "slow or not slow" -q``).
 """
 from __future__ import annotations
@@ -27,11 +27,10 @@ from affectverse_ds.distributed import free_port
 from affectverse_ds.tools.fixture_shards import sample_record
 from affectverse_ds.tools.hostile_media import long_audio_clip
 
-sys.path.insert(0, str(Path(__file__).parent))
-import corpus  # noqa: E402
-from tests.support.evaluation import make_checkpoint, tiny_eval_config  # noqa: E402
-from tests.support.wheels import write_tiny_wheels  # noqa: E402
-from tests.support.launch import launch_module  # noqa: E402
+from tests.support import corpus
+from tests.support.evaluation import make_checkpoint, tiny_eval_config
+from tests.support.wheels import write_tiny_wheels
+from tests.support.launch import launch_module
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent

@@ -41,10 +41,7 @@ def test_a_100k_deep_integrity_record_is_damage_and_resume_falls_back(tmp_path):
 
 
 def test_checkpoints_being_a_file_is_refused_before_any_step(tmp_path, tiny_backbone_dir):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    import corpus
+    from tests.support import corpus
 
     shards = corpus.write_corpus_shards(tmp_path / "shards", n_good=8, kinds=[], n_shards=2)
     cfg = load_config(TINY, [f"data.shard_dir={shards.folder}", f"backbone.path={tiny_backbone_dir}",

@@ -13,11 +13,10 @@ import pytest
 
 from affectverse_ds.config import ConfigError, dump_config, load_config
 
-sys.path.insert(0, str(Path(__file__).parent))
-import corpus  # noqa: E402
-from tests.support.wheels import write_tiny_wheels  # noqa: E402
-from tests.support.peak_memory import peaks  # noqa: E402
-from tests.support.launch import launch_module  # noqa: E402
+from tests.support import corpus
+from tests.support.wheels import write_tiny_wheels
+from tests.support.peak_memory import peaks
+from tests.support.launch import launch_module
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "launch" / "configs" / "tiny.yaml"

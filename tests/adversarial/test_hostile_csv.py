@@ -4,7 +4,6 @@ item is built as before, and a 200 MB field keeps peak memory within 100 MB of a
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,9 @@ from affectverse_ds.benchmarks.fixtures import make_fixture
 from affectverse_ds.benchmarks.text_files import LINE_LIMIT
 from affectverse_ds.data.shards import scan_split
 
-sys.path.insert(0, str(Path(__file__).parent))
-import corpus  # noqa: E402
-from tests.support.peak_memory import peaks  # noqa: E402
-from tests.support.wheels import write_tiny_wheels  # noqa: E402
+from tests.support import corpus
+from tests.support.peak_memory import peaks
+from tests.support.wheels import write_tiny_wheels
 
 FIELD_LIMIT = 131072  # the csv module's default field_size_limit
 

@@ -15,9 +15,8 @@ from affectverse_ds.bounded import BoundedReadError
 from affectverse_ds.data import schema
 from affectverse_ds.data.loader import LoaderError, list_shards, read_sizes
 
-sys.path.insert(0, str(Path(__file__).parent))
-import corpus  # noqa: E402
-from tests.support.peak_memory import peaks  # noqa: E402
+from tests.support import corpus
+from tests.support.peak_memory import peaks
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,10 @@ from affectverse_ds.config import dump_config, load_config
 from affectverse_ds.data import schema
 from affectverse_ds.data.loader import LoaderError, list_shards, train_plan
 
-sys.path.insert(0, str(Path(__file__).parent))
-import corpus  # noqa: E402
-from tests.support.evaluation import make_checkpoint, tiny_eval_config  # noqa: E402
-from tests.support.wheels import write_tiny_wheels  # noqa: E402
-from tests.support.launch import launch_module  # noqa: E402
+from tests.support import corpus
+from tests.support.evaluation import make_checkpoint, tiny_eval_config
+from tests.support.wheels import write_tiny_wheels
+from tests.support.launch import launch_module
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "launch" / "configs" / "tiny.yaml"
