@@ -14,12 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout runs it without installing
 
-from affectverse_ds.config import EWMConfig
-from affectverse_ds.model.ewm import split_points
+import torch  # noqa: E402
+
+from affectverse_ds.config import EWMConfig  # noqa: E402
+from affectverse_ds.model.ewm import split_points  # noqa: E402
 
 SOURCE_FPS, SAMPLE_FPS = 25, 3.0
 
