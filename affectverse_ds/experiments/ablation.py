@@ -2,7 +2,8 @@
 
     python -m affectverse_ds.experiments.ablation --arms a,b,f --seeds 5 --variants base \\
         --out runs/ablation [--n-train 720 --n-test 72] [--keep-ratios 1.0,0.7,0.5,0.3]
-    python -m affectverse_ds.experiments.ablation --recompute runs/ablation   # the tables from per_clip.json
+    python -m affectverse_ds.experiments.ablation --recompute --out runs/ablation   # the tables from per_clip.json
+    python -m affectverse_ds.experiments.ablation --recompute --out runs/new --against runs/old  # arm by arm
 
 Arms are Table 3's rows, trained with the demo recipe (``launch/configs/demo.yaml``, 900 steps on 720 clips,
 2 CPU ranks, the real DeepSpeed launcher) plus each arm's overrides (``demo.ARMS``): (a) the LoRA baseline,
@@ -39,7 +40,8 @@ import torch
 
 from affectverse_ds import demo
 from affectverse_ds.eval.wheel import PACKAGED_WHEEL_DIR
-from affectverse_ds.experiments.ablation_tables import ARMS, EWM_ARMS, summarise, to_markdown
+from affectverse_ds.experiments.ablation_tables import (ARMS, EWM_ARMS, against, against_markdown, summarise,
+                                                        to_markdown)
 from affectverse_ds.train.checkpoint import latest_checkpoint
 
 def clip_hits(process_dir: Path, predictions: Path, wheel_dir: Path) -> dict[str, list[float]]:
@@ -214,6 +216,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    default=[1.0, 0.7, 0.5, 0.3])
     p.add_argument("--out", default="runs/ablation")
     p.add_argument("--recompute", action="store_true", help="only rewrite the tables from OUT/per_clip.json")
+    p.add_argument("--against", type=Path, default=None, metavar="OTHER",
+                   help="also compare each arm with the same arm of another run of this experiment (OTHER/per_clip.json, "
+                        "e.g. made before a code change) into OUT/against.md and against.json")
     p.add_argument("--wheel-dir", default=str(PACKAGED_WHEEL_DIR),
                    help="MER-UniBench emotion wheels for scoring (default: the ones shipped with the package)")
     return p.parse_args(argv)
@@ -233,11 +238,24 @@ def recompute(out: Path) -> dict:
     return write_tables(out, saved["raw"], argparse.Namespace(**saved["args"]))
 
 
+def compare(out: Path, other: Path) -> str:
+    """``out``'s arms against ``other``'s (:func:`ablation_tables.against`), written to ``out/against.md|json``."""
+    saved = json.loads((out / "per_clip.json").read_text())
+    rows = against(saved["raw"], json.loads((other / "per_clip.json").read_text())["raw"],
+                   saved["args"]["keep_ratios"])
+    (out / "against.json").write_text(json.dumps({"here": str(out), "there": str(other), "rows": rows}, indent=1) + "\n")
+    text = against_markdown(rows, out.name, other.name)
+    (out / "against.md").write_text(text)
+    return text
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     t0 = time.time()
     recompute(Path(args.out)) if args.recompute else run(args)
     print((Path(args.out) / "results.md").read_text())
+    if args.against is not None:
+        print(compare(Path(args.out), args.against))
     print(f"finished in {(time.time() - t0) / 60:.1f} min")
     return 0
 

@@ -75,11 +75,7 @@ def summarise(raw: dict, args: argparse.Namespace) -> dict:
             k = f"{kappa:g}"
             per_seed, clip_mean = {}, {}
             for arm, seeds in arms.items():
-                order = sorted(seeds, key=int)
-                per_seed[arm] = [seeds[s]["score"][k] for s in order]
-                names = sorted(seeds[order[0]]["hits"][k])
-                # (clips, wheels), the hit averaged over seeds (the NaN pattern is the labels', the same every seed)
-                clip_mean[arm] = np.array([[seeds[s]["hits"][k][n] for n in names] for s in order]).mean(0)
+                per_seed[arm], clip_mean[arm], _ = seed_scores_and_clip_hits(seeds, k)
             for arm in arms:
                 mean, lo, hi = t_interval(per_seed[arm])
                 res["scores"].append({"keep_ratio": kappa, "arm": arm, "seeds": per_seed[arm], "mean": mean,
@@ -98,6 +94,46 @@ def summarise(raw: dict, args: argparse.Namespace) -> dict:
                 if arm in arms and kappa < 1.0:
                     res["table8"] += table8_rows(arms[arm], arm, k)
     return out
+
+
+def seed_scores_and_clip_hits(seeds: dict, k: str, order: list[str] | None = None):
+    """An arm's per-seed scores at keep ``k`` (seeds in ``order``, default all by number), its (clips, wheels)
+    hits averaged over those seeds (the NaN pattern is the labels', the same every seed) and the clip names."""
+    order = order or sorted(seeds, key=int)
+    names = sorted(seeds[order[0]]["hits"][k])
+    hits = np.array([[seeds[s]["hits"][k][n] for n in names] for s in order]).mean(0)
+    return [seeds[s]["score"][k] for s in order], hits, names
+
+
+def against(raw: dict, other: dict, keep_ratios: list[float]) -> list[dict]:
+    """Each arm of this experiment minus the same arm of ``other`` (another run of it, e.g. before a code
+    change), per variant and keep ratio: the t-interval of the per-seed differences (seed i against seed i:
+    the same initialisation and data order) and the paired clip bootstrap (the same test clips)."""
+    rows = []
+    for variant in raw.keys() & other.keys():
+        for arm in [a for a in raw[variant] if a in other[variant]]:
+            seeds = sorted(raw[variant][arm].keys() & other[variant][arm].keys(), key=int)
+            for kappa in keep_ratios:
+                k = f"{kappa:g}"
+                here, here_hits, names = seed_scores_and_clip_hits(raw[variant][arm], k, seeds)
+                there, there_hits, there_names = seed_scores_and_clip_hits(other[variant][arm], k, seeds)
+                if names != there_names:
+                    raise SystemExit(f"({arm}) of variant {variant} was tested on other clips in the two runs")
+                diff = [x - y for x, y in zip(here, there)]
+                rows.append({"variant": variant, "keep_ratio": kappa, "arm": arm, "seeds": seeds, "here": here,
+                             "there": there, "t95": list(t_interval(diff)),
+                             "paired_boot95": list(bootstrap_score_interval(here_hits, there_hits))})
+    return rows
+
+
+def against_markdown(rows: list[dict], here: str, there: str) -> str:
+    lines = [f"# {here} minus {there}: each arm against itself (HIT points, A+V+T)", "",
+             "| variant | keep | arm | here | there | mean difference | 95% t (seeds) | 95% paired bootstrap (clips) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['keep_ratio']:g} | ({r['arm']}) | {np.mean(r['here']):.2f} | "
+                     f"{np.mean(r['there']):.2f} | {r['t95'][0]:+.2f} | {_iv(r['t95'])} | {_iv(r['paired_boot95'])} |")
+    return "\n".join(lines) + "\n"
 
 
 def table8_rows(seeds: dict, name: str, k: str) -> list[dict]:

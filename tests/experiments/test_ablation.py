@@ -188,3 +188,31 @@ def test_the_evaluation_command_is_the_demos_in_one_setting_without_probes(monke
         assert cmd[cmd.index(flag) + 1] == value
     assert cmd[cmd.index("--checkpoint") + 1:cmd.index("--checkpoint") + 3] == ["/c/a", "/c/b"]
     assert "data.shard_dir=/shards" in cmd and "eval.wheel_dir=/wheels" in cmd
+
+
+def test_a_run_is_compared_arm_by_arm_with_another_run_on_common_seeds(tmp_path):
+    """--against: (b) here vs (b) there, seed i against seed i; a seed only one run has is left out, and runs on
+    other test clips are refused."""
+    import json
+
+    args = argparse.Namespace(keep_ratios=[1.0, 0.5], arms=["a", "b", "f"], seeds=2, n_train=1, n_test=4)
+    here, there = _raw(), _raw()
+    there["precursor"]["b"] = there["precursor"]["a"]  # (b) there: 25, hits on c3 only
+    del there["precursor"]["f"]
+    there["precursor"]["a"] = {**there["precursor"]["a"], "7": there["precursor"]["a"]["0"]}
+    (tmp_path / "here").mkdir()
+    (tmp_path / "there").mkdir()
+    (tmp_path / "here" / "per_clip.json").write_text(json.dumps({"args": vars(args), "raw": here}))
+    (tmp_path / "there" / "per_clip.json").write_text(json.dumps({"args": vars(args), "raw": there}))
+    text = exp.compare(tmp_path / "here", tmp_path / "there")
+    rows = {(r["arm"], r["keep_ratio"]): r for r in json.loads((tmp_path / "here" / "against.json").read_text())["rows"]}
+    assert set(rows) == {(a, k) for a in "ab" for k in (1.0, 0.5)}  # (f) is not in both runs
+    b = rows[("b", 1.0)]
+    assert b["seeds"] == ["0", "1"] and b["t95"][0] == 25.0 and b["paired_boot95"][0] == pytest.approx(25.0)
+    assert rows[("a", 1.0)]["seeds"] == ["0", "1"] and rows[("a", 1.0)]["t95"][0] == 0.0
+    assert "| precursor | 1 | (b) | 50.00 | 25.00 | +25.00 |" in text
+    elsewhere = _raw()
+    for seed in elsewhere["precursor"]["a"].values():
+        seed["hits"]["1"] = {f"other{n}": v for n, v in seed["hits"]["1"].items()}
+    with pytest.raises(SystemExit, match="other clips"):
+        tables.against(here, elsewhere, [1.0])
