@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out).resolve()
     art = Path("artifacts").resolve()  # under the current folder, as the demo's
     wheel_dir = Path(args.wheel_dir)
-    extra = [f"train.epochs={args.epochs}"] if args.epochs else []
+    extra = [*([f"train.epochs={args.epochs}"] if args.epochs else []), *args.override]
     keep = ",".join(f"{k:g}" for k in args.keep_ratios)
     recipe = demo.CONFIG.read_text()
     raw: dict = {}
@@ -173,7 +173,8 @@ def collect(raw: dict, results: Path, ckpts: dict, seed: int, process_dir: Path,
             entry["score"][k] = float(r["score"])
             entry["hits"][k] = clip_hits(process_dir, demo.predictions_path(results, r), wheel_dir)
         if arm in EWM_ARMS:
-            fid = clip_fidelity(ckpt, str(demo.CONFIG), [f"data.shard_dir={shards}"], args.keep_ratios)
+            fid = clip_fidelity(ckpt, str(demo.CONFIG), [f"data.shard_dir={shards}", *args.override],
+                                args.keep_ratios)
             entry["fidelity"] = {f"{k:g}": v for k, v in fid.items()}
 
 
@@ -212,6 +213,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-test", type=int, default=72)
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs of the demo recipe")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every arm's training on top of the recipe and the arm's own "
+                        "(repeatable; part of what a rerun must match to reuse a training)")
     p.add_argument("--keep-ratios", type=lambda s: [float(x) for x in s.split(",")],
                    default=[1.0, 0.7, 0.5, 0.3])
     p.add_argument("--out", default="runs/ablation")

@@ -167,6 +167,8 @@ def to_markdown(summary: dict, args: argparse.Namespace) -> str:
     lines = [f"# Table 3 ablation on affectdyn: arms {', '.join(args.arms)}; {args.seeds} seeds; "
              f"{args.n_train} train / {args.n_test} test clips", "",
              "Arms: " + "; ".join(f"({a}) {ARMS[a][1]}" for a in args.arms), ""]
+    if getattr(args, "override", None):
+        lines += ["Every arm also trained with: " + " ".join(f"`{o}`" for o in args.override), ""]
     for variant, res in summary.items():
         lines += [f"## variant `{variant}`: HIT rate (A+V+T), mean over seeds", "",
                   "| keep | arm | mean | per seed | 95% t (seeds) | 95% bootstrap (clips) |", "|---|---|---|---|---|---|"]

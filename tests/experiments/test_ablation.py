@@ -127,6 +127,11 @@ def test_command_line_defaults_parse_and_score_with_the_packaged_wheels():
     from pathlib import Path
 
     assert any(Path(args.wheel_dir).iterdir())
+    assert args.override == []
+    more = exp.parse_args(["--arms", "b", "--override", "ewm.kappa_min=0.95", "--override", "train.lr=1e-4"])
+    assert more.override == ["ewm.kappa_min=0.95", "train.lr=1e-4"]
+    md = tables.to_markdown({}, argparse.Namespace(**{**vars(more), "n_train": 1, "n_test": 1}))
+    assert "Every arm also trained with: `ewm.kappa_min=0.95` `train.lr=1e-4`" in md
 
 
 def test_clip_fidelity_is_evaluations_probe_per_clip():
@@ -216,3 +221,28 @@ def test_a_run_is_compared_arm_by_arm_with_another_run_on_common_seeds(tmp_path)
         seed["hits"]["1"] = {f"other{n}": v for n, v in seed["hits"]["1"].items()}
     with pytest.raises(SystemExit, match="other clips"):
         tables.against(here, elsewhere, [1.0])
+
+
+def test_an_override_reaches_every_arms_training_and_its_run_spec(tmp_path, monkeypatch):
+    from affectverse_ds import demo
+
+    trained = []
+
+    def fake_train(tag, shards, base, overrides, logs):
+        trained.append((tag, overrides))
+        (base / tag / "checkpoints" / "step_000001").mkdir(parents=True)
+        return base / tag / "checkpoints" / "step_000001"
+
+    monkeypatch.setattr(exp, "prepare", lambda art, args, variant: (tmp_path / "process", tmp_path / "shards"))
+    monkeypatch.setattr(demo, "train", fake_train)
+    monkeypatch.setattr(demo, "evaluate", lambda *a, **k: None)
+    monkeypatch.setattr(exp, "collect", lambda *a, **k: None)
+    monkeypatch.setattr(exp, "write_tables", lambda out, raw, args: {})
+    monkeypatch.chdir(tmp_path)
+    args = exp.parse_args(["--arms", "b", "--seeds", "1", "--override", "ewm.kappa_min=0.95", "--out", "o"])
+    exp.run(args)
+    assert trained == [("keepmask", ["train.seed=0", "ewm.kappa_min=0.95", *exp.ARMS["b"][2]])]
+    import json
+
+    spec = json.loads((tmp_path / "o" / "base" / "seed0" / "keepmask" / "run_spec.json").read_text())
+    assert "ewm.kappa_min=0.95" in spec["overrides"]
