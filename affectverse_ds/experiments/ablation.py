@@ -244,6 +244,9 @@ def recompute(out: Path) -> dict:
 
 def compare(out: Path, other: Path) -> str:
     """``out``'s arms against ``other``'s (:func:`ablation_tables.against`), written to ``out/against.md|json``."""
+    for folder in (out, other):
+        if not (folder / "per_clip.json").is_file():
+            raise SystemExit(f"{folder}: no per_clip.json (a finished run of this experiment writes it)")
     saved = json.loads((out / "per_clip.json").read_text())
     rows = against(saved["raw"], json.loads((other / "per_clip.json").read_text())["raw"],
                    saved["args"]["keep_ratios"])

@@ -115,6 +115,9 @@ def against(raw: dict, other: dict, keep_ratios: list[float]) -> list[dict]:
             seeds = sorted(raw[variant][arm].keys() & other[variant][arm].keys(), key=int)
             for kappa in keep_ratios:
                 k = f"{kappa:g}"
+                if not seeds or any(k not in other[variant][arm][s]["score"] for s in seeds):
+                    raise SystemExit(f"({arm}) of variant {variant}: the other run has no common seed evaluated "
+                                     f"at keep {k}")
                 here, here_hits, names = seed_scores_and_clip_hits(raw[variant][arm], k, seeds)
                 there, there_hits, there_names = seed_scores_and_clip_hits(other[variant][arm], k, seeds)
                 if names != there_names:

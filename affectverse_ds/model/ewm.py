@@ -61,10 +61,11 @@ def split_points(kappa: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """T_p = kappa * L rounded to the nearest unit per sample (Eq. 11 floors), clamped to [1, L] so a boundary
     token exists; 0 where L = 0.
 
-    Why not the paper's floor: ``L`` counts whole units here (a video's 2-frame groups, 4-12 of them in a 4-8 s
+    Why not the paper's floor: ``L`` counts whole units here (a video's 2-frame groups, 6-12 of them in a 4-8 s
     clip at 3 FPS), and the floor keeps on average half a unit less than kappa: with kappa ~ U[0.7, 1) the kept
-    video fraction had mean 0.788 and never reached 1, so keep-mask training never saw a whole video
-    (docs/ablation.md). Rounding keeps within half a unit of kappa, with kept fraction mean kappa's.
+    video fraction had mean 0.79 (kappa's: 0.85) and never reached 1, so keep-mask training never saw a whole
+    video (``bench/kept_fraction.py``, docs/ablation.md). Rounding keeps within half a unit of kappa, with the
+    kept fraction's mean kappa's; T_p = L (no future of that modality) is then possible in training too.
     Computed in float64 so the keep mask, the EWM and the tests agree to the token.
 
     Args:

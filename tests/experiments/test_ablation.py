@@ -221,6 +221,10 @@ def test_a_run_is_compared_arm_by_arm_with_another_run_on_common_seeds(tmp_path)
         seed["hits"]["1"] = {f"other{n}": v for n, v in seed["hits"]["1"].items()}
     with pytest.raises(SystemExit, match="other clips"):
         tables.against(here, elsewhere, [1.0])
+    with pytest.raises(SystemExit, match="keep 0.7"):
+        tables.against(here, there, [0.7])
+    with pytest.raises(SystemExit, match="no per_clip.json"):
+        exp.compare(tmp_path / "here", tmp_path / "nowhere")
 
 
 def test_an_override_reaches_every_arms_training_and_its_run_spec(tmp_path, monkeypatch):
