@@ -139,8 +139,14 @@ def plan_step(batch: dict, cfg: AffectVerseConfig, kappa, generator, *, training
 def split_ewm(s: StepPlan, regions, mask, answer, kappa: torch.Tensor | None) -> None:
     """The EWM's past/future split: T_p = tokens the keep mask keeps at ``kappa`` (whole video frame groups).
 
-    Sets ``s.split``, ``s.order`` (plan0 columns per modality, kept tokens first) and, when some token
-    is dropped, ``s.plan_past`` and ``s.past_cols``. ``kappa`` None: everything observed is past.
+    Sets ``s.split``, ``s.order`` (plan0 columns per modality, kept tokens first) and, whenever some kappa is
+    below 1, ``s.plan_past`` and ``s.past_cols``. ``kappa`` None: everything observed is past.
+
+    The past plan exists even when no whole token falls after the cut (a short stream, kappa near 1; with
+    rounding, often a whole video): the passes a training step runs then depend on kappa's draw alone, never on
+    the clips. Under ZeRO-3 every rank gathers each layer's weights in each pass it runs, so a rank skipping
+    the past pass because its clips kept everything would leave the other ranks waiting (it hung the ZeRO-3
+    launch test). Its states then equal the full-observation pass's prefix, as the skipped pass's would.
     """
     b = mask.shape[0]
     s.order = [columns(s.plan0.kind == k) for k in KINDS]
@@ -150,8 +156,6 @@ def split_ewm(s: StepPlan, regions, mask, answer, kappa: torch.Tensor | None) ->
     past = inj.build_plan(regions, mask, None, answer, kappa, torch.zeros(b, dtype=torch.long),
                           stop_after_av=True)
     s.split = [(past.kind == k).sum(1) for k in KINDS]
-    if all(bool((t == n).all()) for t, n in zip(s.split, s.lengths)):
-        return
     s.plan_past = past
     s.truncated.add("plan_past")
     s.past_cols = [columns(past.kind == k) for k in KINDS]
