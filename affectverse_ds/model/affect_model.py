@@ -48,6 +48,13 @@ class AffectVerseModel(nn.Module):
         cfg: the full config (``ewm`` and ``injection`` sections are read).
         share_prefix: compute the tokens all passes of a training step share once (``shared_prefix.py``).
         min_shared_prefix: below this many shared tokens the extra decoder call costs more than it saves.
+
+    ``uniform_calls`` (off by default; the training engine sets it under ZeRO-3): every step calls the same
+    modules in the same order whatever its clips hold. Each tower runs also when the batch lacks its stream
+    (on a blank input, output dropped), the EWM's state passes run also without A/V tokens, and the prefix is
+    not shared (how many decoder calls sharing makes depends on where each clip is cut). ZeRO-3 gathers a
+    module's weights in its forward with a collective every rank must join, so a rank that skipped a call the
+    others made would hang them. Values are those of the default mode up to float rounding.
     """
 
     def __init__(self, thinker: nn.Module, ewm: EmotionWorldModule | None, cfg: AffectVerseConfig,
@@ -58,6 +65,7 @@ class AffectVerseModel(nn.Module):
         self.cfg = cfg
         self.share_prefix = share_prefix
         self.min_shared_prefix = min_shared_prefix
+        self.uniform_calls = False
 
     # ------------------------------------------------------------------ structure
 
@@ -82,10 +90,10 @@ class AffectVerseModel(nn.Module):
     # bench/step_overhead.py can wrap them on the instance
 
     def _embed(self, batch: dict) -> torch.Tensor:
-        return thinker_io.embed(self.core, batch)
+        return thinker_io.embed(self.core, batch, every_tower=self.uniform_calls)
 
     def _embed_past(self, batch: dict, base: torch.Tensor, regions, kappa: torch.Tensor) -> torch.Tensor:
-        return past_inputs.past_embeddings(self.core, batch, base, regions, kappa)
+        return past_inputs.past_embeddings(self.core, batch, base, regions, kappa, every_tower=self.uniform_calls)
 
     def _decoder(self, x, mask, pos, cache=None, source_layer: int = -1):
         return thinker_io.decode(self.core, x, mask, pos, cache, source_layer)
@@ -96,7 +104,8 @@ class AffectVerseModel(nn.Module):
         """The embedded batch and its host plan (steps 1 and 4's bookkeeping)."""
         s = step_plan.plan_step(batch, self.cfg, kappa, generator, training=self.training and not for_generation,
                                 for_generation=for_generation, geometry=thinker_io.rope_geometry(self.core),
-                                belief_counts=self.ewm.belief_counts if self.ewm is not None else None)
+                                belief_counts=self.ewm.belief_counts if self.ewm is not None else None,
+                                every_pass=self.uniform_calls)
         cut = self.cfg.ewm.context_source == "past" and bool(s.truncated)
         # at evaluation with keep < 1 every plan is truncated: the full clip's towers are not run at all
         s.embeds = self._embed(batch) if not cut or s.needs_full_towers() else None
@@ -148,7 +157,8 @@ class AffectVerseModel(nn.Module):
         """
         batch = batch if batch is not None else fields
         s = self._setup(batch, kappa, generator, for_generation=False)
-        sharing = self.share_prefix and self.ewm is not None and not thinker_io.is_checkpointing(self.core)
+        sharing = (self.share_prefix and not self.uniform_calls and self.ewm is not None
+                   and not thinker_io.is_checkpointing(self.core))
         n0, head = shared_prefix.prefix_columns(s, self.cfg.ewm, sharing, self.min_shared_prefix)
         if head:
             hidden, ewm_out = shared_prefix.shared_passes(self._decoder, self.ewm, s, self.cfg.ewm, n0, head,

@@ -81,7 +81,7 @@ def cut_columns(regions: list[list[inj.Region]], kappa: torch.Tensor, kind: int)
 
 @torch.no_grad()
 def past_embeddings(core: nn.Module, batch: dict, base: torch.Tensor, regions: list[list[inj.Region]],
-                    kappa: torch.Tensor) -> torch.Tensor:
+                    kappa: torch.Tensor, every_tower: bool = False) -> torch.Tensor:
     """``base`` (B, L, d) with each kept A/V column replaced by the cut clip's own tower output.
 
     Columns after the keep point keep ``base``'s values (no truncated sequence reads them).
@@ -92,12 +92,14 @@ def past_embeddings(core: nn.Module, batch: dict, base: torch.Tensor, regions: l
         base: the embedding table to start from (token embeddings, with or without the full-clip towers).
         regions: ``injection.find_regions`` of the batch (audio regions with their sample counts).
         kappa: (B,) float64 keep ratios.
+        every_tower: a tower whose stream the batch lacks still runs, on a blank input
+            (``thinker_io.idle_video``: ZeRO-3 needs the same module calls on every rank).
     """
     b, length, d = base.shape
     flat = base.reshape(b * length, d).clone()
     dev = base.device
-    grid = batch.get("video_grid_thw")
-    if batch.get("pixel_values_videos") is not None and grid is not None and grid.numel():
+    if thinker_io.has_video(batch):
+        grid = batch["video_grid_thw"]
         cuts = cut_columns(regions, kappa, inj.VIDEO)
         thw = grid.cpu().tolist()
         if len(cuts) != len(thw):
@@ -110,7 +112,9 @@ def past_embeddings(core: nn.Module, batch: dict, base: torch.Tensor, regions: l
             start += t * h * w
         tokens = thinker_io.video_tokens(core, torch.cat(pixels), torch.tensor(cut_grid, device=grid.device))
         _scatter(flat, cuts, length, tokens)
-    if batch.get("input_features") is not None and batch["input_features"].shape[0]:
+    elif every_tower:
+        thinker_io.idle_video(core, dev)
+    if thinker_io.has_audio(batch):
         if batch.get("audio_waveform") is None:
             raise ValueError("ewm.context_source=past cuts the audio at the keep point and needs the batch's "
                              "audio_waveform / audio_waveform_lengths (data/collator.py carries them)")
@@ -123,6 +127,8 @@ def past_embeddings(core: nn.Module, batch: dict, base: torch.Tensor, regions: l
         feats, mask = log_mel(wave, n_cut, mel_filters(thinker_io.mel_bins(core), wave.device))
         tokens = thinker_io.audio_tokens(core, feats, mask)
         _scatter(flat, cuts, length, tokens)
+    elif every_tower:
+        thinker_io.idle_audio(core, dev)
     return flat.view(b, length, d)
 
 

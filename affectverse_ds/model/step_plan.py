@@ -91,7 +91,7 @@ def answer_cols(batch: dict, mask: torch.Tensor) -> torch.Tensor:
 
 
 def plan_step(batch: dict, cfg: AffectVerseConfig, kappa, generator, *, training: bool, for_generation: bool,
-              geometry: tuple[int, float], belief_counts: Callable | None) -> StepPlan:
+              geometry: tuple[int, float], belief_counts: Callable | None, every_pass: bool = False) -> StepPlan:
     """Regions, kappa, modality use, belief counts and the sequence plans of one batch (``embeds`` left None).
 
     Args:
@@ -102,6 +102,8 @@ def plan_step(batch: dict, cfg: AffectVerseConfig, kappa, generator, *, training
         for_generation: left-padded prompt cut at the answer start, belief tokens at its end.
         geometry: (spatial merge size, position ids per second) of the thinker (``thinker_io.rope_geometry``).
         belief_counts: the EWM's Eq. 18 (``EmotionWorldModule.belief_counts``); None without the EWM.
+        every_pass: the state passes run also when the batch holds no A/V token (their states are then unread):
+            the passes of a step depend on the config and kappa's draw alone (``AffectVerseModel.uniform_calls``).
     """
     mask = batch["attention_mask"].cpu()
     regions = inj.find_regions(batch["input_ids"].cpu(), mask, _cpu(batch.get("video_grid_thw")),
@@ -126,7 +128,7 @@ def plan_step(batch: dict, cfg: AffectVerseConfig, kappa, generator, *, training
         n_belief = belief_counts([u & (n > 0) for u, n in zip(s.use, s.lengths)])
         e = cfg.ewm
         reads_states = e.belief in ("ewm", "pooling", "imagination") or e.lambda_img > 0
-        s.needs_states = reads_states and int(sum(s.lengths).sum()) > 0
+        s.needs_states = reads_states and (every_pass or int(sum(s.lengths).sum()) > 0)
     labels = batch.get("labels")
     s.plan = inj.build_plan(regions, mask, labels.cpu() if labels is not None else None, answer, keep_ratio,
                             n_belief, cfg.injection.positions,
@@ -143,10 +145,11 @@ def split_ewm(s: StepPlan, regions, mask, answer, kappa: torch.Tensor | None) ->
     below 1, ``s.plan_past`` and ``s.past_cols``. ``kappa`` None: everything observed is past.
 
     The past plan exists even when no whole token falls after the cut (a short stream, kappa near 1; with
-    rounding, often a whole video): the passes a training step runs then depend on kappa's draw alone, never on
-    the clips. Under ZeRO-3 every rank gathers each layer's weights in each pass it runs, so a rank skipping
-    the past pass because its clips kept everything would leave the other ranks waiting (it hung the ZeRO-3
-    launch test). Its states then equal the full-observation pass's prefix, as the skipped pass's would.
+    rounding, often a whole video), so whether the past pass runs depends on kappa's draw alone, never on the
+    clips. Under ZeRO-3 every rank gathers each layer's weights in each pass it runs, so a rank skipping the
+    past pass because its clips kept everything would leave the other ranks waiting (it hung the ZeRO-3 launch
+    test); the other clip-dependent calls are made uniform by ``AffectVerseModel.uniform_calls``. Its states
+    then equal the full-observation pass's prefix, as the skipped pass's would.
     """
     b = mask.shape[0]
     s.order = [columns(s.plan0.kind == k) for k in KINDS]

@@ -36,21 +36,58 @@ def is_checkpointing(core: nn.Module) -> bool:
     return bool(core.model.language_model.gradient_checkpointing)
 
 
+def has_video(batch: dict) -> bool:
+    grid = batch.get("video_grid_thw")
+    return batch.get("pixel_values_videos") is not None and grid is not None and bool(grid.numel())
+
+
+def has_audio(batch: dict) -> bool:
+    feats = batch.get("input_features")
+    return feats is not None and bool(feats.shape[0])
+
+
 @torch.no_grad()
-def embed(core: nn.Module, batch: dict) -> torch.Tensor:
-    """Token embeddings with the (frozen) full-clip tower outputs scattered in: (B, L, d). Towers run once per step."""
+def embed(core: nn.Module, batch: dict, every_tower: bool = False) -> torch.Tensor:
+    """Token embeddings with the (frozen) full-clip tower outputs scattered in: (B, L, d). Towers run once per step.
+
+    ``every_tower``: a tower whose stream the batch lacks still runs, on a blank input (:func:`idle_video`).
+    """
     model = core.model
     ids = batch["input_ids"]
     emb = model.get_input_embeddings()(ids)
-    grid = batch.get("video_grid_thw")
-    if batch.get("pixel_values_videos") is not None and grid is not None and grid.numel():
-        video = video_tokens(core, batch["pixel_values_videos"], grid)
+    if has_video(batch):
+        video = video_tokens(core, batch["pixel_values_videos"], batch["video_grid_thw"])
         emb = emb.masked_scatter((ids == VIDEO_TOKEN_ID)[..., None], video.to(emb.dtype))
-    feats = batch.get("input_features")
-    if feats is not None and feats.shape[0]:
-        audio = audio_tokens(core, feats, batch["feature_attention_mask"])
+    elif every_tower:
+        idle_video(core, ids.device)
+    if has_audio(batch):
+        audio = audio_tokens(core, batch["input_features"], batch["feature_attention_mask"])
         emb = emb.masked_scatter((ids == AUDIO_TOKEN_ID)[..., None], audio.to(emb.dtype))
+    elif every_tower:
+        idle_audio(core, ids.device)
     return emb
+
+
+# Why the idle calls: under ZeRO-3 every module's forward gathers its partitioned weights with a collective that
+# all ranks must join in the same order, so a rank whose micro-batch has no video (modality dropout, a clip
+# without that stream) may not skip the vision tower while the others run it. It runs, in the same place, on
+# the smallest blank input, and the output is dropped: no value of the step changes.
+
+@torch.no_grad()
+def idle_video(core: nn.Module, device: torch.device) -> None:
+    """The vision tower on one blank frame group of merge x merge patches, output dropped."""
+    vc = core.config.vision_config
+    merge = core.model.spatial_merge_size
+    patch = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2
+    grid = torch.tensor([[1, merge, merge]], device=device)
+    video_tokens(core, torch.zeros(merge * merge, patch, device=device), grid)
+
+
+@torch.no_grad()
+def idle_audio(core: nn.Module, device: torch.device) -> None:
+    """The audio tower on 4 blank mel frames (the fewest that make one token), output dropped."""
+    mask = torch.ones(1, 4, dtype=torch.long, device=device)
+    audio_tokens(core, torch.zeros(1, mel_bins(core), 4, device=device), mask)
 
 
 @torch.no_grad()

@@ -83,6 +83,8 @@ def build_engine(model: torch.nn.Module, trainable: list[tuple[str, torch.nn.Par
     ds = fill_ds_config(load_ds_config(ds_path), cfg, world_size)
     if ds.get("zero_optimization", {}).get("stage") == 3:
         register_ewm_weights(model)
+        # each module's forward gathers its weights with a collective: every rank must make the same calls
+        model.uniform_calls = True
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model,
         model_parameters=param_groups(model, trainable, cfg.train.weight_decay),
