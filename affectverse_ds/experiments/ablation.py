@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from affectverse_ds import demo
+from affectverse_ds.config import ConfigError, load_config
 from affectverse_ds.eval.wheel import PACKAGED_WHEEL_DIR
 from affectverse_ds.experiments.ablation_tables import (ARMS, EWM_ARMS, against, against_markdown, summarise,
                                                         to_markdown)
@@ -73,7 +74,6 @@ def clip_fidelity(checkpoint: Path, config: str, overrides: list[str], keep_rati
     and ``mean_observed`` (the mean of the observed tokens), each against the pooled real future, measured by
     evaluation's own probe (``eval.probes.trace_fidelity``).
     """
-    from affectverse_ds.config import load_config
     from affectverse_ds.data.loader import build_eval_loader
     from affectverse_ds.model.export import load_checkpoint_model, resolve_checkpoint
     from affectverse_ds.model.backbone import load_tokenizer
@@ -213,9 +213,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-test", type=int, default=72)
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs of the demo recipe")
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="a config override for every arm's training on top of the recipe and the arm's own "
-                        "(repeatable; part of what a rerun must match to reuse a training)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", type=override,
+                   help="a config override for every arm's training on top of the recipe (repeatable; part of "
+                        "what a rerun must match to reuse a training). Training only: the evaluation reads the "
+                        "model sections from each checkpoint and everything else from the recipe. Refused for "
+                        f"the keys the experiment sets itself: {', '.join(RESERVED)}")
     p.add_argument("--keep-ratios", type=lambda s: [float(x) for x in s.split(",")],
                    default=[1.0, 0.7, 0.5, 0.3])
     p.add_argument("--out", default="runs/ablation")
@@ -226,6 +228,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wheel-dir", default=str(PACKAGED_WHEEL_DIR),
                    help="MER-UniBench emotion wheels for scoring (default: the ones shipped with the package)")
     return p.parse_args(argv)
+
+
+# keys each training sets itself (the arm's switches, the seed, the data and the run folder): an override of
+# one would be silently replaced, or would make every seed or arm the same training
+RESERVED = ("ewm.enabled", "ewm.temporal_split", "train.seed", "train.out_dir", "data.shard_dir")
+
+
+def override(text: str) -> str:
+    key = text.split("=", 1)[0].strip()
+    if "=" not in text or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
+    if key in RESERVED:
+        raise argparse.ArgumentTypeError(f"{key} is set by the experiment itself (reserved: {', '.join(RESERVED)})")
+    return text
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse, with one line, before any data is made or any training started: an override the recipe does not
+    take, and a folder --recompute or --against needs that holds no finished run."""
+    if not args.recompute:
+        for arm in args.arms:
+            try:
+                load_config(demo.CONFIG, [*args.override, *ARMS[arm][2]])
+            except ConfigError as e:
+                raise SystemExit(f"--override: {e}") from None
+    for flag, folder in (("--recompute", Path(args.out) if args.recompute else None), ("--against", args.against)):
+        if folder is not None and not (folder / "per_clip.json").is_file():
+            raise SystemExit(f"{flag}: {folder} holds no per_clip.json (a finished run of this experiment writes it)")
 
 
 def arms_list(text: str) -> list[str]:
@@ -247,9 +277,15 @@ def compare(out: Path, other: Path) -> str:
     for folder in (out, other):
         if not (folder / "per_clip.json").is_file():
             raise SystemExit(f"{folder}: no per_clip.json (a finished run of this experiment writes it)")
-    saved = json.loads((out / "per_clip.json").read_text())
-    rows = against(saved["raw"], json.loads((other / "per_clip.json").read_text())["raw"],
-                   saved["args"]["keep_ratios"])
+    saved, theirs = (json.loads((f / "per_clip.json").read_text()) for f in (out, other))
+    # test clips are named by index: only runs on the same clips may be paired clip by clip
+    differ = [k for k in ("data_seed", "n_train", "n_test") if saved["args"].get(k) != theirs["args"].get(k)]
+    if differ:
+        raise SystemExit(f"--against: {other} was made on other clips ({', '.join(differ)} differ); "
+                         "its arms cannot be paired clip by clip")
+    rows = against(saved["raw"], theirs["raw"], saved["args"]["keep_ratios"])
+    if not rows:
+        raise SystemExit(f"--against: {out} and {other} share no variant, arm and keep ratio")
     (out / "against.json").write_text(json.dumps({"here": str(out), "there": str(other), "rows": rows}, indent=1) + "\n")
     text = against_markdown(rows, out.name, other.name)
     (out / "against.md").write_text(text)
@@ -258,6 +294,7 @@ def compare(out: Path, other: Path) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    check_args(args)
     t0 = time.time()
     recompute(Path(args.out)) if args.recompute else run(args)
     print((Path(args.out) / "results.md").read_text())

@@ -250,3 +250,35 @@ def test_an_override_reaches_every_arms_training_and_its_run_spec(tmp_path, monk
 
     spec = json.loads((tmp_path / "o" / "base" / "seed0" / "keepmask" / "run_spec.json").read_text())
     assert "ewm.kappa_min=0.95" in spec["overrides"]
+
+
+def test_bad_arguments_are_refused_with_one_line_before_any_work(tmp_path, capsys):
+    """Keys the experiment sets itself, an override the recipe does not take, and a --recompute / --against
+    folder without a finished run stop the command at once, each with one line."""
+    for bad, why in (("train.seed=3", "set by the experiment"), ("ewm.enabled=false", "set by the experiment"),
+                     ("data.shard_dir=/x", "set by the experiment"), ("no_equals_sign", "expected KEY=VALUE")):
+        with pytest.raises(SystemExit):
+            exp.parse_args(["--override", bad])
+        assert why in capsys.readouterr().err.strip().splitlines()[-1]
+    assert exp.parse_args(["--override", "ewm.kappa_min=0.95"]).override == ["ewm.kappa_min=0.95"]
+    with pytest.raises(SystemExit, match=r"^--override: .*no_such_key"):
+        exp.check_args(exp.parse_args(["--override", "ewm.no_such_key=1"]))
+    with pytest.raises(SystemExit, match="holds no per_clip.json"):
+        exp.check_args(exp.parse_args(["--recompute", "--out", str(tmp_path / "empty")]))
+    with pytest.raises(SystemExit, match="--against: .* holds no per_clip.json"):
+        exp.check_args(exp.parse_args(["--against", str(tmp_path / "missing")]))
+    exp.check_args(exp.parse_args(["--override", "ewm.kappa_min=0.95"]))  # a valid one passes
+
+
+def test_runs_on_other_clips_or_with_nothing_in_common_are_not_compared(tmp_path):
+    import json
+
+    args = {"keep_ratios": [1.0], "arms": ["a"], "seeds": 2, "n_train": 1, "n_test": 4, "data_seed": 0}
+    for name, raw, a in (("here", _raw(), args), ("seed1", _raw(), {**args, "data_seed": 1}),
+                         ("empty", {}, args)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "per_clip.json").write_text(json.dumps({"args": a, "raw": raw}))
+    with pytest.raises(SystemExit, match="other clips .*data_seed"):
+        exp.compare(tmp_path / "here", tmp_path / "seed1")
+    with pytest.raises(SystemExit, match="share no variant"):
+        exp.compare(tmp_path / "here", tmp_path / "empty")
