@@ -310,7 +310,10 @@ def _coerce_type(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping, got {_show(value)}")
         return {_coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{key}: {_show(value)} is too large for a float") from None
     if hint is float and isinstance(value, str):
         # PyYAML (YAML 1.1) reads "2e-4" as a string; accept numeric strings for float fields
         try:
@@ -339,9 +342,9 @@ def _check(ok: bool, key: str, why: str) -> None:
 def validate(cfg: AffectVerseConfig) -> None:
     """Cross-field checks that types alone cannot express."""
     e, t, d, lo = cfg.ewm, cfg.train, cfg.data, cfg.lora
-    _check(e.d_w % e.heads == 0, "ewm.heads", f"d_w={e.d_w} must be divisible by heads={e.heads}")
     for key in ("d_w", "n_future", "rollout_steps", "layers", "heads", "n_belief_base", "mama_layers", "n_types"):
         _check(getattr(e, key) >= 1, f"ewm.{key}", "must be >= 1")
+    _check(e.d_w % e.heads == 0, "ewm.heads", f"d_w={e.d_w} must be divisible by heads={e.heads}")
     _check(e.n_types >= 2, "ewm.n_types", "needs at least the video and audio types")
     _check(0.0 < e.kappa_min <= 1.0, "ewm.kappa_min", "must be in (0, 1]")
     _check(0.0 <= e.modality_dropout <= 1.0, "ewm.modality_dropout", "must be in [0, 1]")

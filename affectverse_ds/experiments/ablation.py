@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out).resolve()
     art = Path("artifacts").resolve()  # under the current folder, as the demo's
     wheel_dir = Path(args.wheel_dir)
-    extra = [*([f"train.epochs={args.epochs}"] if args.epochs else []), *args.override]
+    extra = training_overrides(args)
     keep = ",".join(f"{k:g}" for k in args.keep_ratios)
     recipe = demo.CONFIG.read_text()
     raw: dict = {}
@@ -212,7 +212,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-train", type=int, default=720)
     p.add_argument("--n-test", type=int, default=72)
     p.add_argument("--data-seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=None, help="override train.epochs of the demo recipe")
+    p.add_argument("--epochs", type=positive_int, default=None, help="override train.epochs of the demo recipe")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", type=override,
                    help="a config override for every arm's training on top of the recipe (repeatable; part of "
                         "what a rerun must match to reuse a training). Training only: the evaluation reads the "
@@ -230,18 +230,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-# keys each training sets itself (the arm's switches, the seed, the data and the run folder): an override of
-# one would be silently replaced, or would make every seed or arm the same training
-RESERVED = ("ewm.enabled", "ewm.temporal_split", "train.seed", "train.out_dir", "data.shard_dir")
+# keys each training sets itself (every arm's switches, the seed, the data, the run folder, --epochs): an override
+# of one, or of the section holding it, would be silently replaced or would make every seed or arm the same training
+RESERVED = tuple(sorted({o.split("=", 1)[0] for arm in ARMS.values() for o in arm[2]}
+                        | {"train.seed", "train.out_dir", "train.epochs", "data.shard_dir"}))
 
 
 def override(text: str) -> str:
     key = text.split("=", 1)[0].strip()
     if "=" not in text or not key:
         raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
-    if key in RESERVED:
-        raise argparse.ArgumentTypeError(f"{key} is set by the experiment itself (reserved: {', '.join(RESERVED)})")
+    hit = [r for r in RESERVED if r == key or r.startswith(key + ".")]
+    if hit:
+        raise argparse.ArgumentTypeError(f"{key} sets {', '.join(hit)}, which the experiment sets itself "
+                                         f"(reserved: {', '.join(RESERVED)}; train.epochs: use --epochs)")
     return text
+
+
+def positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
+    return n
+
+
+def training_overrides(args: argparse.Namespace) -> list[str]:
+    """What every arm's training gets on top of the recipe, before its seed and its own switches."""
+    return [*([f"train.epochs={args.epochs}"] if args.epochs else []), *args.override]
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -250,7 +268,7 @@ def check_args(args: argparse.Namespace) -> None:
     if not args.recompute:
         for arm in args.arms:
             try:
-                load_config(demo.CONFIG, [*args.override, *ARMS[arm][2]])
+                load_config(demo.CONFIG, [*training_overrides(args), *ARMS[arm][2]])
             except ConfigError as e:
                 raise SystemExit(f"--override: {e}") from None
     for flag, folder in (("--recompute", Path(args.out) if args.recompute else None), ("--against", args.against)):

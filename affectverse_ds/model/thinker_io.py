@@ -85,7 +85,7 @@ def idle_video(core: nn.Module, device: torch.device) -> None:
 
 @torch.no_grad()
 def idle_audio(core: nn.Module, device: torch.device) -> None:
-    """The audio tower on 4 blank mel frames (the fewest that make one token), output dropped."""
+    """The audio tower on 4 blank mel frames (one audio token), output dropped."""
     mask = torch.ones(1, 4, dtype=torch.long, device=device)
     audio_tokens(core, torch.zeros(1, mel_bins(core), 4, device=device), mask)
 

@@ -252,22 +252,40 @@ def test_an_override_reaches_every_arms_training_and_its_run_spec(tmp_path, monk
     assert "ewm.kappa_min=0.95" in spec["overrides"]
 
 
-def test_bad_arguments_are_refused_with_one_line_before_any_work(tmp_path, capsys):
-    """Keys the experiment sets itself, an override the recipe does not take, and a --recompute / --against
-    folder without a finished run stop the command at once, each with one line."""
-    for bad, why in (("train.seed=3", "set by the experiment"), ("ewm.enabled=false", "set by the experiment"),
-                     ("data.shard_dir=/x", "set by the experiment"), ("no_equals_sign", "expected KEY=VALUE")):
+def test_bad_arguments_are_refused_with_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    """Keys the experiment sets itself (or a whole section holding one), an override the recipe does not take,
+    a bad --epochs, and a --recompute / --against folder without a finished run stop the command before any
+    data is made or any training deleted, each with one line."""
+    for bad, why in (("train.seed=3", "the experiment sets itself"), ("ewm.enabled=false", "the experiment sets"),
+                     ("data.shard_dir=/x", "the experiment sets"), ("ewm.context_source=full", "the experiment sets"),
+                     ("train={seed: 3}", "sets train.epochs, train.out_dir, train.seed"),
+                     ("train.epochs=2", "use --epochs"), ("no_equals_sign", "expected KEY=VALUE")):
         with pytest.raises(SystemExit):
             exp.parse_args(["--override", bad])
-        assert why in capsys.readouterr().err.strip().splitlines()[-1]
+        assert why in capsys.readouterr().err.strip().splitlines()[-1], bad
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(SystemExit):
+            exp.parse_args(["--epochs", bad])
+        assert "expected a whole number >= 1" in capsys.readouterr().err
     assert exp.parse_args(["--override", "ewm.kappa_min=0.95"]).override == ["ewm.kappa_min=0.95"]
-    with pytest.raises(SystemExit, match=r"^--override: .*no_such_key"):
-        exp.check_args(exp.parse_args(["--override", "ewm.no_such_key=1"]))
+    for bad, why in (("ewm.no_such_key=1", "no_such_key"), ("ewm.heads=0", "ewm.heads: must be >= 1"),
+                     ("ewm.lambda_img=" + "9" * 400, "too large for a float")):
+        with pytest.raises(SystemExit, match=rf"^--override: .*{why}"):
+            exp.check_args(exp.parse_args(["--override", bad]))
     with pytest.raises(SystemExit, match="holds no per_clip.json"):
         exp.check_args(exp.parse_args(["--recompute", "--out", str(tmp_path / "empty")]))
     with pytest.raises(SystemExit, match="--against: .* holds no per_clip.json"):
         exp.check_args(exp.parse_args(["--against", str(tmp_path / "missing")]))
-    exp.check_args(exp.parse_args(["--override", "ewm.kappa_min=0.95"]))  # a valid one passes
+    exp.check_args(exp.parse_args(["--override", "ewm.kappa_min=0.95", "--epochs", "2"]))  # valid ones pass
+
+    def no_work(*_a, **_k):
+        raise AssertionError("the experiment started")
+
+    monkeypatch.setattr(exp, "run", no_work)
+    monkeypatch.setattr(exp, "recompute", no_work)
+    for argv in (["--override", "ewm.heads=0"], ["--recompute", "--out", str(tmp_path / "empty")]):
+        with pytest.raises(SystemExit):
+            exp.main(argv)
 
 
 def test_runs_on_other_clips_or_with_nothing_in_common_are_not_compared(tmp_path):

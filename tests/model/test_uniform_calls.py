@@ -25,8 +25,11 @@ RANKS = {
 }
 
 
-def _calls(model, batch, seed: int) -> tuple[list[tuple[str, bool]], float]:
-    """(module name, grad enabled) of every forward of a module with weights of its own, and the loss."""
+def _calls(model, batch, seed: int) -> tuple[list[tuple[str, bool]], float, set[str]]:
+    """(module name, grad enabled) of every forward of a module with weights of its own (with gradient
+    checkpointing also the forwards backward re-runs), the loss, and the parameters given a gradient (ZeRO-3
+    reduces each one's gradient with a collective too)."""
+    model.zero_grad(set_to_none=True)
     names = {m: n for n, m in model.named_modules()}
     calls = []
 
@@ -41,13 +44,16 @@ def _calls(model, batch, seed: int) -> tuple[list[tuple[str, bool]], float]:
     finally:
         for h in hooks:
             h.remove()
-    return calls, float(out.loss.detach())
+    return calls, float(out.loss.detach()), {n for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("arm", ["ewm.enabled=true", "ewm.enabled=false"], ids=["f", "b"])
+@pytest.mark.parametrize("arm", [["ewm.enabled=true"], ["ewm.enabled=false"],
+                                 ["ewm.enabled=true", "backbone.gradient_checkpointing=true"],
+                                 ["ewm.enabled=true", "ewm.context_source=full"]],
+                         ids=["f", "b", "f_checkpointing", "f_full_context"])
 def test_every_rank_calls_the_same_modules_whatever_its_clips(tiny_cfg, batch_maker, arm):
     torch.manual_seed(0)
-    model = build_model(tiny_cfg(arm, "ewm.temporal_split=true"), "cpu").train()
+    model = build_model(tiny_cfg(*arm, "ewm.temporal_split=true"), "cpu").train()
     nonzero_lora_b(model)
     model.min_shared_prefix = 1  # the prefix sharing of the default mode engages on these short sequences
     batches = {name: batch_maker.make(specs) for name, specs in RANKS.items()}
@@ -57,9 +63,11 @@ def test_every_rank_calls_the_same_modules_whatever_its_clips(tiny_cfg, batch_ma
     model.uniform_calls = False
     default = {name: _calls(model, b, seed) for seed, (name, b) in enumerate(batches.items())}
 
-    first = uniform["both"][0]
-    assert [name for name, (calls, _) in uniform.items() if calls != first] == []
+    first, grads = uniform["both"][0], uniform["both"][2]
+    assert [name for name, (calls, _, _) in uniform.items() if calls != first] == []
+    assert [name for name, (_, _, g) in uniform.items() if g != grads] == []
+    assert grads == {n for n, _ in model.trainable_parameters()}
     # the recorder sees what ZeRO-3 would trip on: without the mode the same ranks' calls differ
-    assert [name for name, (calls, _) in default.items() if calls != default["both"][0]] != []
+    assert [name for name, (calls, _, _) in default.items() if calls != default["both"][0]] != []
     for name in RANKS:  # the extra calls change no value (float rounding only: no prefix sharing)
         assert uniform[name][1] == pytest.approx(default[name][1], rel=1e-5), name

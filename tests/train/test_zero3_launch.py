@@ -146,6 +146,19 @@ def test_zero3_trains_clips_missing_a_stream_as_zero2_does(tiny_backbone_dir, tw
     the other, yet every rank must make the same module calls (``AffectVerseModel.uniform_calls``, set by the
     engine under ZeRO-3). Before that mode this run stopped at its first step with gloo's "distributed
     collective mismatch" (a hang under NCCL). Same losses as ZeRO-2 on the same clips and drops."""
+    from affectverse_ds.config import load_config
+    from affectverse_ds.data.loader import build_train_loader
+    from affectverse_ds.model.backbone import load_tokenizer
+
+    # the case happens: at some micro-step one rank's clip lacks a stream the other rank's clip has
+    cfg = load_config(REPO / "launch/configs/tiny.yaml", [
+        f"data.shard_dir={two_benchmark_shards}", f"backbone.path={tiny_backbone_dir}", "data.num_workers=1",
+        "data.train_benchmarks={meld: 1.0, cmumosi: 2.0}", "train.micro_batch=1", "data.input_modality_dropout=0.9"])
+    tok = load_tokenizer(tiny_backbone_dir)
+    streams = [[(bool(b["has_video"].any()), bool(b["has_audio"].any()))
+                for b in build_train_loader(cfg, tok, rank=r, world=2, epoch=0)] for r in (0, 1)]
+    assert len(streams[0]) == len(streams[1]) == 2 * STEPS
+    assert any(x != y for x, y in zip(*streams)), streams
     ports = len(PORTS)
     for ds in ("zero2", "zero3"):
         _launch(f"ds_configs/{ds}.json", two_benchmark_shards, tiny_backbone_dir, tmp_path / ds,
