@@ -272,8 +272,13 @@ def check_args(args: argparse.Namespace) -> None:
             except ConfigError as e:
                 raise SystemExit(f"--override: {e}") from None
     for flag, folder in (("--recompute", Path(args.out) if args.recompute else None), ("--against", args.against)):
-        if folder is not None and not (folder / "per_clip.json").is_file():
-            raise SystemExit(f"{flag}: {folder} holds no per_clip.json (a finished run of this experiment writes it)")
+        if folder is not None:
+            require_finished(folder, flag)
+
+
+def require_finished(folder: Path, flag: str) -> None:
+    if not (folder / "per_clip.json").is_file():
+        raise SystemExit(f"{flag}: {folder} holds no per_clip.json (a finished run of this experiment writes it)")
 
 
 def arms_list(text: str) -> list[str]:
@@ -293,8 +298,7 @@ def recompute(out: Path) -> dict:
 def compare(out: Path, other: Path) -> str:
     """``out``'s arms against ``other``'s (:func:`ablation_tables.against`), written to ``out/against.md|json``."""
     for folder in (out, other):
-        if not (folder / "per_clip.json").is_file():
-            raise SystemExit(f"{folder}: no per_clip.json (a finished run of this experiment writes it)")
+        require_finished(folder, "--against")
     saved, theirs = (json.loads((f / "per_clip.json").read_text()) for f in (out, other))
     # test clips are named by index: only runs on the same clips may be paired clip by clip
     differ = [k for k in ("data_seed", "n_train", "n_test") if saved["args"].get(k) != theirs["args"].get(k)]

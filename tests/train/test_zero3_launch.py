@@ -29,15 +29,20 @@ STEPS = 3
 PORTS: list[int] = []  # the master port of every launch here
 
 
+def _recipe(shards: Path, backbone: Path) -> list[str]:
+    """The overrides of launch/configs/tiny.yaml every launch here trains with (before its own)."""
+    return [f"data.shard_dir={shards}", f"backbone.path={backbone}", "data.train_benchmarks={meld: 1.0, cmumosi: 2.0}",
+            "data.num_workers=1", "train.max_steps=0", "train.epochs=1", "train.micro_batch=1", "train.grad_accum=2",
+            "train.save_every=1000", "train.warmup_ratio=0.1", "train.log_every=1"]
+
+
 def _launch(ds: str, shards: Path, backbone: Path, out: Path, *extra: str, resume: bool = False) -> str:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     PORTS.append(free_port())
     cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(PORTS[-1]), "launch/train.py",
-           *(["--resume", "auto"] if resume else []), "--ds", ds, "--config", "launch/configs/tiny.yaml", f"data.shard_dir={shards}",
-           f"backbone.path={backbone}", f"train.out_dir={out}", "data.train_benchmarks={meld: 1.0, cmumosi: 2.0}",
-           "data.num_workers=1", "train.max_steps=0", "train.epochs=1", "train.micro_batch=1", "train.grad_accum=2",
-           "train.save_every=1000", "train.warmup_ratio=0.1", "train.log_every=1", *extra]
+           *(["--resume", "auto"] if resume else []), "--ds", ds, "--config", "launch/configs/tiny.yaml",
+           *_recipe(shards, backbone), f"train.out_dir={out}", *extra]
     log = out.parent / f"{out.name}.log"
     with open(log, "a") as f:  # its own process group: a hung run's ranks are killed with the launcher
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
@@ -144,16 +149,15 @@ def test_no_shared_memory_segment_is_left_behind(runs):
 def test_zero3_trains_clips_missing_a_stream_as_zero2_does(tiny_backbone_dir, two_benchmark_shards, tmp_path):
     """``data.input_modality_dropout=0.9``: most micro-batches lack video or audio, often on one rank and not on
     the other, yet every rank must make the same module calls (``AffectVerseModel.uniform_calls``, set by the
-    engine under ZeRO-3). Before that mode this run stopped at its first step with gloo's "distributed
-    collective mismatch" (a hang under NCCL). Same losses as ZeRO-2 on the same clips and drops."""
+    engine under ZeRO-3). Before that mode this run hung at its first step (gloo has also stopped there with
+    "distributed collective mismatch"; NCCL hangs). Same losses as ZeRO-2 on the same clips and drops."""
     from affectverse_ds.config import load_config
     from affectverse_ds.data.loader import build_train_loader
     from affectverse_ds.model.backbone import load_tokenizer
 
     # the case happens: at some micro-step one rank's clip lacks a stream the other rank's clip has
-    cfg = load_config(REPO / "launch/configs/tiny.yaml", [
-        f"data.shard_dir={two_benchmark_shards}", f"backbone.path={tiny_backbone_dir}", "data.num_workers=1",
-        "data.train_benchmarks={meld: 1.0, cmumosi: 2.0}", "train.micro_batch=1", "data.input_modality_dropout=0.9"])
+    dropout = "data.input_modality_dropout=0.9"
+    cfg = load_config(REPO / "launch/configs/tiny.yaml", [*_recipe(two_benchmark_shards, tiny_backbone_dir), dropout])
     tok = load_tokenizer(tiny_backbone_dir)
     streams = [[(bool(b["has_video"].any()), bool(b["has_audio"].any()))
                 for b in build_train_loader(cfg, tok, rank=r, world=2, epoch=0)] for r in (0, 1)]
@@ -161,8 +165,7 @@ def test_zero3_trains_clips_missing_a_stream_as_zero2_does(tiny_backbone_dir, tw
     assert any(x != y for x, y in zip(*streams)), streams
     ports = len(PORTS)
     for ds in ("zero2", "zero3"):
-        _launch(f"ds_configs/{ds}.json", two_benchmark_shards, tiny_backbone_dir, tmp_path / ds,
-                "data.input_modality_dropout=0.9")
+        _launch(f"ds_configs/{ds}.json", two_benchmark_shards, tiny_backbone_dir, tmp_path / ds, dropout)
     z2, z3 = _losses(tmp_path / "zero2"), _losses(tmp_path / "zero3")
     assert sorted(z2) == sorted(z3) == list(range(1, STEPS + 1))
     assert [z3[s] for s in sorted(z3)] == pytest.approx([z2[s] for s in sorted(z2)], rel=1e-4)
